@@ -1,0 +1,153 @@
+"""Spectral filters of the STU (paper appendix A, eq. 4) and the causal FFT convolution.
+
+The filters are the top-``k`` eigenvectors of the Hankel matrix
+
+    Z(i, j) = 2 / ((i + j)^3 - (i + j)),   i, j = 1..L                      (eq. 4)
+
+each scaled by its eigenvalue to the power 1/4. ``variant="hankel_L"`` uses the alternative
+matrix of the Spectral State Space Models paper (Agarwal et al. 2023),
+
+    Z_L(i, j) = ((-1)^(i+j-2) + 1) * 8 / ((i+j+3)(i+j-1)(i+j+1)),
+
+for which the STU needs no negative (sign-alternated) branch. Everything is computed in float64:
+in float32 the eigenvectors past about the 13th are numerical noise.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+VARIANTS = ("hankel", "hankel_L")
+
+
+def hankel_matrix(seq_len: int, variant: str = "hankel") -> torch.Tensor:
+    """The (seq_len, seq_len) float64 Hankel matrix whose eigenvectors are the filters."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown filter variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    idx = torch.arange(1, seq_len + 1, dtype=torch.float64)
+    s = idx[:, None] + idx[None, :]  # i + j
+    if variant == "hankel":
+        return 2.0 / (s**3 - s)
+    sign = (-1.0) ** (s - 2.0) + 1.0
+    return sign * 8.0 / ((s + 3.0) * (s - 1.0) * (s + 1.0))
+
+
+@functools.lru_cache(maxsize=32)
+def _filters_and_eigs(seq_len: int, k: int, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not 1 <= k <= seq_len:
+        raise ValueError(f"need 1 <= k <= seq_len, got k={k}, seq_len={seq_len}")
+    sigma, phi = torch.linalg.eigh(hankel_matrix(seq_len, variant))  # ascending eigenvalues
+    sigma, phi = sigma[-k:].flip(0), phi[:, -k:].flip(1)  # largest first
+    # Fix each eigenvector's sign (eigh's is arbitrary) so filters are reproducible across
+    # machines: make the entry of largest magnitude positive.
+    pivot = phi.abs().argmax(0)
+    phi = phi * torch.sign(phi[pivot, torch.arange(k)])
+    return phi, sigma
+
+
+def spectral_filters(seq_len: int, k: int, variant: str = "hankel") -> torch.Tensor:
+    """``(seq_len, k)`` float64 filters: top-k eigenvectors scaled by eigenvalue**0.25 (cached)."""
+    phi, sigma = _filters_and_eigs(int(seq_len), int(k), variant)
+    return (phi * sigma.clamp_min(0.0) ** 0.25).clone()
+
+
+def spectral_eigs(seq_len: int, k: int, variant: str = "hankel") -> tuple[torch.Tensor, torch.Tensor]:
+    """Unscaled orthonormal eigenvectors ``(seq_len, k)`` and eigenvalues ``(k,)``, float64."""
+    phi, sigma = _filters_and_eigs(int(seq_len), int(k), variant)
+    return phi.clone(), sigma.clone()
+
+
+def alternate_sign(seq_len: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """(-1)^s for s = 0..seq_len-1: the minus branch of eq. (1) convolves with phi[s] * (-1)^s."""
+    s = torch.arange(seq_len, device=device)
+    return (1 - 2 * (s % 2)).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal convolution through the FFT.
+# ---------------------------------------------------------------------------------------------
+
+def fft_size(seq_len: int) -> int:
+    """FFT length for a causal convolution of two length-L signals: a power of two >= 2L - 1.
+
+    A shorter transform wraps the tail of the linear convolution onto its head, so outputs at
+    early times would see late inputs (a leak of the future).
+    """
+    return 1 << math.ceil(math.log2(max(2 * seq_len - 1, 1)))
+
+
+def _flashfftconv_available(x: torch.Tensor) -> bool:
+    if not x.is_cuda:
+        return False
+    try:
+        import flashfftconv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Depthwise causal convolution ``y[b, t, c] = sum_{s<=t} k[s, c] u[b, t-s, c]``.
+
+    u: (B, L, C); k: (Lk, C) with Lk >= L (only the first L taps matter). Returns (B, L, C).
+    """
+    L = u.shape[1]
+    n = fft_size(L)
+    uf = torch.fft.rfft(u, n=n, dim=1)
+    kf = torch.fft.rfft(k[:L], n=n, dim=0)
+    return torch.fft.irfft(uf * kf, n=n, dim=1)[:, :L].to(u.dtype)
+
+
+def causal_conv_filters(u: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """Every channel of u against every filter: (B, L, D) x (L, K) -> (B, L, K, D)."""
+    L = u.shape[1]
+    n = fft_size(L)
+    uf = torch.fft.rfft(u, n=n, dim=1)  # (B, F, D)
+    pf = torch.fft.rfft(phi[:L], n=n, dim=0)  # (F, K)
+    y = torch.fft.irfft(uf[:, :, None, :] * pf[None, :, :, None], n=n, dim=1)
+    return y[:, :L].to(u.dtype)
+
+
+def causal_conv_mimo(u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Multi-input multi-output causal convolution ``y_t = sum_s h[s]^T u_{t-s}``.
+
+    u: (B, L, D); h: (L, D, O). One FFT of h, one of u, and a matmul per frequency.
+    """
+    L = u.shape[1]
+    n = fft_size(L)
+    uf = torch.fft.rfft(u, n=n, dim=1)  # (B, F, D)
+    hf = torch.fft.rfft(h[:L], n=n, dim=0)  # (F, D, O)
+    yf = torch.einsum("bfd,fdo->bfo", uf, hf)
+    return torch.fft.irfft(yf, n=n, dim=1)[:, :L].to(u.dtype)
+
+
+def direct_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """O(L^2) reference for :func:`causal_conv` (tests only)."""
+    B, L, C = u.shape
+    y = torch.zeros_like(u)
+    for t in range(L):
+        # sum_{s=0..t} k[s] * u[t-s]
+        y[:, t] = (k[: t + 1].flip(0)[None] * u[:, : t + 1]).sum(1)
+    return y
+
+
+def causal_conv_flashfft(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """flashfftconv path (CUDA only), with the same causal zero-padding to fft_size(L)."""
+    from flashfftconv import FlashFFTConv  # type: ignore
+
+    L = u.shape[1]
+    n = fft_size(L)
+    conv = _FLASH_CACHE.get((n, u.dtype, u.device))
+    if conv is None:
+        conv = FlashFFTConv(n, dtype=torch.bfloat16 if u.dtype == torch.bfloat16 else torch.float16).to(u.device)
+        _FLASH_CACHE[(n, u.dtype, u.device)] = conv
+    x = F.pad(u.transpose(1, 2).contiguous(), (0, n - L))  # (B, C, n)
+    kk = F.pad(k[:L].transpose(0, 1).float().contiguous(), (0, n - L))  # (C, n)
+    y = conv(x.to(conv.dtype if hasattr(conv, "dtype") else x.dtype), kk)
+    return y[..., :L].transpose(1, 2).to(u.dtype)
+
+
+_FLASH_CACHE: dict = {}

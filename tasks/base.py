@@ -62,6 +62,11 @@ class Task:
         g = torch.Generator().manual_seed(seed)
         return self.sample(batch_size, g)
 
+    def eval_batches(self, batch_size: int, seed: int):
+        """The evaluation set as batches (default: one fixed batch). Data-backed tasks override
+        this to walk their whole validation split."""
+        yield self.eval_batch(batch_size, seed)
+
     # --- model shapes -------------------------------------------------------------------
     def model_shapes(self) -> dict[str, Any]:
         """Keyword arguments for :func:`models.build_model`."""

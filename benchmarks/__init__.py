@@ -1,0 +1,1 @@
+"""Entry points: train (every experiment), speed, landscape, report."""

@@ -1,0 +1,105 @@
+"""Run records: where a run lives, what it records, and atomic writes (temp file, then rename)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tempfile
+from typing import Any, Iterable
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def atomic_write_text(path: pathlib.Path, text: str) -> None:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: pathlib.Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+    import io
+
+    buf = io.StringIO()
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha or "unknown") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions(names: Iterable[str] = ("torch", "numpy", "hydra-core", "omegaconf", "scipy",
+                                              "mujoco", "gymnasium", "seals", "stable-baselines3",
+                                              "flash-attn", "mamba-ssm", "flashfftconv", "triton")) -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def device_info(device) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"device": str(device), "host": platform.node(), "platform": platform.platform()}
+    if str(device).startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["cpu"] = platform.processor() or platform.machine()
+        info["cpu_count"] = os.cpu_count()
+        info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+def short_hash(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def read_records(root: pathlib.Path) -> list[dict[str, Any]]:
+    """Every ``record.json`` under root (sorted by path); unreadable ones are reported, not fatal."""
+    out = []
+    for p in sorted(pathlib.Path(root).rglob("record.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"warning: skipping unreadable record {p}: {e}", file=sys.stderr)
+            continue
+        rec["_dir"] = str(p.parent)
+        out.append(rec)
+    return out

@@ -1,0 +1,409 @@
+"""PPO agents that drive the robots: from the hub, from a user file, or trained here.
+
+Order of preference (:func:`resolve_agent`):
+
+1. ``agent_path`` given by the user (``agent.path=...``): that Stable-Baselines3 zip, always.
+   (An explicit request beats the default chain; without it the chain below runs.)
+2. The hub's ``HumanCompatibleAI/ppo-seals-<Robot>-v1`` agent the paper used ([20]), downloaded
+   into ``$FSB_DATA/agents/hub`` with ``huggingface_hub`` together with ``vec_normalize.pkl`` when the
+   repo has one -- only when a quick reachability check passes (``FSB_OFFLINE=1`` or
+   ``HF_HUB_OFFLINE=1`` skip it; ``FSB_HUB_DIR=<dir>`` reads ``<dir>/<repo>/<file>`` instead of the
+   network, for mirrors and tests).
+3. A PPO agent trained here with Stable-Baselines3 and the tuned hyperparameters published with
+   the ``ppo-seals`` agents (:data:`TUNED_PPO`), for ``timesteps`` set by the profile; saved with
+   its VecNormalize statistics and mean evaluation return in ``$FSB_DATA/agents/local`` and
+   reused on the next call.
+
+Every agent comes with a JSON-able ``record`` (source, path, sha256, mean return, seeds) that the
+dataset manifest stores.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import pickle
+import socket
+import sys
+import threading
+import time
+import types
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tasks.mujoco.envs import RobotSpec, agents_dir, make_env, robot
+
+HUB_HOST = "huggingface.co"
+
+# Tuned PPO hyperparameters published on the model cards of the seals PPO agents (RL Zoo tuning for
+# seals/*-v0; hub repos HumanCompatibleAI/ppo-seals-Walker2d-v0 and ernestumorga/ppo-seals-{Ant,
+# HalfCheetah}-v0, the same settings as the HumanCompatibleAI agents). One deviation: those agents
+# normalise observations inside the policy with ``imitation``'s NormalizeFeaturesExtractor (Ant,
+# Walker2d); here every robot uses SB3's VecNormalize(norm_obs=True) instead, so no ``imitation``
+# dependency is needed to train or load a local agent.
+TUNED_PPO: dict[str, dict[str, Any]] = {
+    "ant": dict(
+        batch_size=16, clip_range=0.3, ent_coef=3.1441389214159857e-06, gae_lambda=0.8, gamma=0.995,
+        learning_rate=0.00017959211641976886, max_grad_norm=0.9, n_epochs=10, n_steps=2048,
+        vf_coef=0.4351450387648799, net_arch=[64, 64], activation="tanh",
+    ),
+    "halfcheetah": dict(
+        batch_size=64, clip_range=0.1, ent_coef=3.794797423594763e-06, gae_lambda=0.95, gamma=0.95,
+        learning_rate=0.0003286871805949382, max_grad_norm=0.8, n_epochs=5, n_steps=512,
+        vf_coef=0.11483689492120866, net_arch=[64, 64], activation="tanh",
+    ),
+    "walker2d": dict(
+        batch_size=8, clip_range=0.4, ent_coef=0.00013057334805552262, gae_lambda=0.92, gamma=0.98,
+        learning_rate=3.791707778339674e-05, max_grad_norm=0.6, n_epochs=5, n_steps=2048,
+        vf_coef=0.6167177795726859, net_arch=[256, 256], activation="relu",
+    ),
+}
+TUNED_PPO_SOURCE = (
+    "RL Zoo tuned PPO hyperparameters for seals/*-v0 as listed on the Hugging Face model cards "
+    "HumanCompatibleAI/ppo-seals-Walker2d-v0, ernestumorga/ppo-seals-Ant-v0, "
+    "ernestumorga/ppo-seals-HalfCheetah-v0 (1e6 timesteps there)"
+)
+EVAL_SEED_OFFSET = 1_000_000_000  # evaluation episodes use seeds far from the data seeds
+
+
+@dataclass
+class Agent:
+    policy: Any  # an SB3 ActorCriticPolicy
+    vecnorm: Any | None  # an SB3 VecNormalize (statistics only) or None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Deterministic actions for a batch of raw observations ``(B, state_dim)``."""
+        x = obs.astype(np.float32)
+        if self.vecnorm is not None:
+            x = self.vecnorm.normalize_obs(x)
+        act, _ = self.policy.predict(x, deterministic=True)
+        low, high = self.policy.action_space.low, self.policy.action_space.high
+        return np.clip(act, low, high)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _atomic_write_json(path: pathlib.Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def offline_forced() -> bool:
+    truthy = {"1", "true", "yes", "on"}
+    return (os.environ.get("FSB_OFFLINE", "").lower() in truthy
+            or os.environ.get("HF_HUB_OFFLINE", "").lower() in truthy)
+
+
+def hub_reachable(host: str = HUB_HOST, timeout: float = 2.0) -> bool:
+    """A fast check (DNS then a TCP connect, ``timeout`` each) so an offline machine does not wait
+    for ``huggingface_hub``'s retries. ``FSB_OFFLINE=1`` / ``HF_HUB_OFFLINE=1`` answer False at once."""
+    if offline_forced():
+        return False
+    result: dict[str, Any] = {}
+
+    def lookup():
+        try:
+            result["addr"] = socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+        except OSError as e:
+            result["err"] = e
+
+    t = threading.Thread(target=lookup, daemon=True)
+    t.start()
+    t.join(timeout)
+    if "addr" not in result:
+        return False
+    family, socktype, proto, _, sockaddr = result["addr"][0]
+    try:
+        with socket.socket(family, socktype, proto) as s:
+            s.settimeout(timeout)
+            s.connect(sockaddr)
+        return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------- loading SB3 zips that reference ``imitation`` classes
+def _install_imitation_shim() -> None:
+    """The hub's seals agents pickle ``imitation.policies.base.NormalizeFeaturesExtractor`` (with
+    ``imitation.util.networks.RunningNorm``) into their policy kwargs. When the ``imitation``
+    package is absent, register small compatible classes under those module names so the zip loads.
+    In evaluation mode they compute ``(x - running_mean) / sqrt(running_var + eps)``."""
+    try:
+        import imitation.policies.base  # noqa: F401
+        return
+    except ImportError:
+        pass
+    if "imitation.policies.base" in sys.modules:
+        return
+    import torch
+    from torch import nn
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+
+    class RunningNorm(nn.Module):
+        def __init__(self, num_features: int, eps: float = 1e-5):
+            super().__init__()
+            self.num_features, self.eps = num_features, eps
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_var", torch.ones(num_features))
+            self.register_buffer("count", torch.tensor(0))
+
+        def forward(self, x):
+            if self.training:  # running mean/variance over all batches seen (Chan et al. update)
+                with torch.no_grad():
+                    bm, bv, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+                    tot = self.count + n
+                    delta = bm - self.running_mean
+                    self.running_mean += delta * n / tot
+                    m2 = self.running_var * self.count + bv * n + delta ** 2 * self.count * n / tot
+                    self.running_var = m2 / tot
+                    self.count += n
+            return (x - self.running_mean) / torch.sqrt(self.running_var + self.eps)
+
+    class NormalizeFeaturesExtractor(FlattenExtractor):
+        def __init__(self, observation_space, normalize_class=RunningNorm):
+            super().__init__(observation_space)
+            self.normalize = normalize_class(self.features_dim)
+
+        def forward(self, observations):
+            return self.normalize(super().forward(observations))
+
+    names = ["imitation", "imitation.policies", "imitation.policies.base", "imitation.util",
+             "imitation.util.networks"]
+    mods = {n: types.ModuleType(n) for n in names}
+    RunningNorm.__module__ = "imitation.util.networks"
+    NormalizeFeaturesExtractor.__module__ = "imitation.policies.base"
+    mods["imitation.util.networks"].RunningNorm = RunningNorm
+    mods["imitation.policies.base"].NormalizeFeaturesExtractor = NormalizeFeaturesExtractor
+    for n, m in mods.items():
+        m.__dict__["__fsb_shim__"] = True
+        sys.modules.setdefault(n, m)
+
+
+def load_sb3_agent(zip_path: str | os.PathLike, spec: RobotSpec, vecnorm_path: str | os.PathLike | None = None) -> Agent:
+    """Load an SB3 PPO zip (and VecNormalize statistics) and check it fits ``spec``."""
+    from stable_baselines3 import PPO
+
+    _install_imitation_shim()
+    env = make_env(spec.name)
+    const = lambda _: 0.0  # noqa: E731  (schedules are not needed to act)
+    custom = {
+        "observation_space": env.observation_space,
+        "action_space": env.action_space,
+        "learning_rate": 0.0, "lr_schedule": const, "clip_range": const, "clip_range_vf": None,
+    }
+    env.close()
+    try:
+        model = PPO.load(str(zip_path), device="cpu", custom_objects=custom)
+    except Exception as e:  # noqa: BLE001
+        raise RuntimeError(f"could not load the SB3 PPO agent {zip_path}: {type(e).__name__}: {e}") from e
+    policy = model.policy
+    policy.set_training_mode(False)
+    vecnorm = None
+    if vecnorm_path is not None and pathlib.Path(vecnorm_path).exists():
+        with open(vecnorm_path, "rb") as f:
+            try:
+                vecnorm = pickle.load(f)
+            except Exception as e:  # noqa: BLE001
+                raise RuntimeError(f"could not read VecNormalize statistics {vecnorm_path}: {e}") from e
+        vecnorm.training = False
+        vecnorm.norm_reward = False
+    return Agent(policy, vecnorm, {})
+
+
+# ------------------------------------------------------------------------------------ evaluation
+def evaluate(agent: Agent, env: str, episodes: int, n_envs: int = 8) -> dict[str, Any]:
+    from tasks.mujoco.rollout import rollout
+
+    spec = robot(env)
+    seeds = [EVAL_SEED_OFFSET + i for i in range(episodes)]
+    out = rollout(agent, env, seeds, spec.episode_len, n_envs=n_envs, progress=False)
+    returns = out["rewards"].astype(np.float64).sum(1)
+    return {"mean_return": float(returns.mean()), "std_return": float(returns.std()),
+            "eval_episodes": episodes, "eval_seeds": [seeds[0], seeds[-1] + 1]}
+
+
+# ------------------------------------------------------------------------------------ sources
+def _hub_agent(spec: RobotSpec, cache: pathlib.Path, eval_episodes: int) -> Agent:
+    hub_dir = os.environ.get("FSB_HUB_DIR")
+    files: dict[str, pathlib.Path | None] = {}
+    revision = None
+    if hub_dir:
+        base = pathlib.Path(hub_dir) / spec.hub_repo
+        zip_path = base / spec.hub_filename
+        if not zip_path.exists():
+            raise FileNotFoundError(f"{zip_path} not found in FSB_HUB_DIR")
+        files["zip"] = zip_path
+        vn = base / "vec_normalize.pkl"
+        files["vecnorm"] = vn if vn.exists() else None
+        where = f"FSB_HUB_DIR={hub_dir}"
+    else:
+        from huggingface_hub import hf_hub_download, list_repo_files
+
+        names = list_repo_files(spec.hub_repo)
+        files["zip"] = pathlib.Path(hf_hub_download(spec.hub_repo, spec.hub_filename, cache_dir=cache / "hub"))
+        files["vecnorm"] = None
+        if "vec_normalize.pkl" in names:
+            files["vecnorm"] = pathlib.Path(hf_hub_download(spec.hub_repo, "vec_normalize.pkl", cache_dir=cache / "hub"))
+        parts = files["zip"].parts
+        revision = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+        where = f"https://huggingface.co/{spec.hub_repo}"
+    agent = load_sb3_agent(files["zip"], spec, files["vecnorm"])
+    agent.record = {
+        "source": "hub", "repo": spec.hub_repo, "file": spec.hub_filename, "revision": revision,
+        "where": where, "path": str(files["zip"]), "sha256": sha256_file(files["zip"]),
+        "vecnormalize": str(files["vecnorm"]) if files["vecnorm"] else None,
+    }
+    agent.record.update(_cached_eval(agent, spec, files["zip"], eval_episodes))
+    return agent
+
+
+def _user_agent(spec: RobotSpec, path: str, eval_episodes: int) -> Agent:
+    p = pathlib.Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"agent.path={path} does not exist")
+    vn = None
+    for cand in (p.with_name(p.stem + "_vecnormalize.pkl"), p.parent / "vec_normalize.pkl"):
+        if cand.exists():
+            vn = cand
+            break
+    agent = load_sb3_agent(p, spec, vn)
+    agent.record = {"source": "user", "path": str(p.resolve()), "sha256": sha256_file(p),
+                    "vecnormalize": str(vn) if vn else None}
+    agent.record.update(_cached_eval(agent, spec, p, eval_episodes))
+    return agent
+
+
+def _cached_eval(agent: Agent, spec: RobotSpec, zip_path: pathlib.Path, episodes: int) -> dict[str, Any]:
+    """Mean return of an agent, cached beside it (keyed by its sha256) so it is measured once."""
+    cache = zip_path.with_name(zip_path.stem + "_eval.json")
+    sha = sha256_file(zip_path)
+    try:
+        rec = json.loads(cache.read_text())
+        if rec.get("sha256") == sha and rec.get("eval_episodes", 0) >= episodes:
+            return {k: v for k, v in rec.items() if k != "sha256"}
+    except (OSError, ValueError):
+        pass
+    rec = evaluate(agent, spec.name, episodes)
+    try:
+        _atomic_write_json(cache, {**rec, "sha256": sha})
+    except OSError:  # a read-only hub cache or user folder: just do not cache
+        pass
+    return rec
+
+
+class _TqdmCallback:
+    """SB3 callback drawing a tqdm bar over environment steps."""
+
+    def __new__(cls, total: int, desc: str):
+        from stable_baselines3.common.callbacks import BaseCallback
+        from tqdm.auto import tqdm
+
+        class _CB(BaseCallback):
+            def _on_training_start(self):
+                self.bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0)
+
+            def _on_step(self):
+                self.bar.update(self.training_env.num_envs)
+                return True
+
+            def _on_training_end(self):
+                self.bar.close()
+
+        return _CB()
+
+
+def local_agent_paths(spec: RobotSpec, timesteps: int, seed: int, root=None) -> dict[str, pathlib.Path]:
+    base = agents_dir(root) / "local"
+    stem = f"ppo-{spec.slug}_t{timesteps}_s{seed}"
+    return {"zip": base / f"{stem}.zip", "vecnorm": base / f"{stem}_vecnormalize.pkl", "record": base / f"{stem}.json"}
+
+
+def _local_agent(spec: RobotSpec, timesteps: int, seed: int, eval_episodes: int, root=None) -> Agent:
+    paths = local_agent_paths(spec, timesteps, seed, root)
+    if paths["zip"].exists() and paths["record"].exists():
+        rec = json.loads(paths["record"].read_text())
+        if rec.get("sha256") == sha256_file(paths["zip"]):
+            agent = load_sb3_agent(paths["zip"], spec, paths["vecnorm"])
+            agent.record = {**rec, "reused": True}
+            return agent
+        warnings.warn(f"cached agent {paths['zip']} does not match its record; training again")
+    agent = train_local_agent(spec, timesteps, seed, paths)
+    agent.record.update(evaluate(agent, spec.name, eval_episodes))
+    agent.record["sha256"] = sha256_file(paths["zip"])
+    _atomic_write_json(paths["record"], agent.record)
+    agent.record = {**agent.record, "reused": False}
+    return agent
+
+
+def train_local_agent(spec: RobotSpec, timesteps: int, seed: int, paths: dict[str, pathlib.Path]) -> Agent:
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    hp = dict(TUNED_PPO[spec.name])
+    arch = hp.pop("net_arch")
+    act_fn = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[hp.pop("activation")]
+    # PPO needs at least one full rollout buffer; tiny budgets (tests) shrink it.
+    hp["n_steps"] = max(8, min(hp["n_steps"], timesteps))
+    hp["batch_size"] = min(hp["batch_size"], hp["n_steps"])
+    venv = DummyVecEnv([lambda: make_env(spec.name)])
+    venv.seed(seed)
+    venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=hp["gamma"])
+    model = PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0,
+                policy_kwargs=dict(net_arch=dict(pi=arch, vf=arch), activation_fn=act_fn), **hp)
+    t0 = time.time()
+    model.learn(total_timesteps=timesteps, callback=_TqdmCallback(timesteps, f"train PPO {spec.env_id}"))
+    train_s = time.time() - t0
+    paths["zip"].parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(paths["zip"]))
+    venv.training = False
+    venv.norm_reward = False
+    venv.save(str(paths["vecnorm"]))
+    policy = model.policy
+    policy.set_training_mode(False)
+    record = {
+        "source": "local", "path": str(paths["zip"]), "vecnormalize": str(paths["vecnorm"]),
+        "timesteps": timesteps, "train_seed": seed, "train_seconds": round(train_s, 1),
+        "hyperparameters": {**TUNED_PPO[spec.name], "n_steps": hp["n_steps"], "batch_size": hp["batch_size"]},
+        "hyperparameters_source": TUNED_PPO_SOURCE, "obs_normalization": "VecNormalize(norm_obs=True)",
+    }
+    return Agent(policy, venv, record)
+
+
+def resolve_agent(env: str, *, agent_path: str | None = None, timesteps: int = 10_000, seed: int = 0,
+                  eval_episodes: int = 4, use_hub: bool = True, root=None, log=print) -> Agent:
+    """The agent for ``env``: user file, else hub (if reachable), else a cached/trained local one."""
+    spec = robot(env)
+    cache = agents_dir(root)
+    if agent_path:
+        log(f"[agent] loading user agent {agent_path}")
+        return _user_agent(spec, agent_path, eval_episodes)
+    if use_hub:
+        t0 = time.time()
+        if os.environ.get("FSB_HUB_DIR") or hub_reachable():
+            try:
+                log(f"[agent] fetching {spec.hub_repo} from the hub")
+                return _hub_agent(spec, cache, eval_episodes)
+            except Exception as e:  # noqa: BLE001  (fall back, but say why)
+                log(f"[agent] hub agent unavailable ({type(e).__name__}: {e}); training locally instead")
+        else:
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            log(f"[agent] hub unreachable ({time.time() - t0:.2f}s check); using a local PPO agent")
+    agent = _local_agent(spec, timesteps, seed, eval_episodes, root)
+    verb = "reusing cached" if agent.record.get("reused") else "trained"
+    log(f"[agent] {verb} local PPO agent {agent.record['path']} "
+        f"(mean return {agent.record['mean_return']:.1f} over {agent.record['eval_episodes']} episodes)")
+    return agent

@@ -26,3 +26,35 @@ test: $(STAMP)  ## the test suite (CPU; slow end-to-end tests run at smoke size)
 
 models: $(STAMP)  ## table of every registered model
 	$(PY) -m models
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic experiments (section II, appendix B). On a CPU the runs go two at a time (joblib,
+# one thread each); on a GPU one after another. Override with LAUNCH=... (e.g. a Slurm launcher:
+# LAUNCH="hydra/launcher=submitit_slurm hydra.launcher.partition=gpu").
+ifeq ($(PROFILE),smoke)
+LAUNCH ?= hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1 progress=false
+else
+LAUNCH ?=
+endif
+TRAIN := $(PY) -m benchmarks.train
+REPORT := $(PY) -m benchmarks.report --profile $(PROFILE)
+
+.PHONY: reproduce-fig2 reproduce-fig4 reproduce-fig5 reproduce-fig14 reproduce-synthetic
+
+reproduce-fig2: $(STAMP)  ## Figure 2: LDS
+	$(TRAIN) experiment=fig2_lds profile=$(PROFILE) $(LAUNCH) $(ARGS)
+	$(REPORT) fig2_lds
+
+reproduce-fig4: $(STAMP)  ## Figure 4: induction heads
+	$(TRAIN) experiment=fig4_induction_heads profile=$(PROFILE) $(LAUNCH) $(ARGS)
+	$(REPORT) fig4_induction_heads
+
+reproduce-fig5: $(STAMP)  ## Figure 5: associative recall
+	$(TRAIN) experiment=fig5_associative_recall profile=$(PROFILE) $(LAUNCH) $(ARGS)
+	$(REPORT) fig5_associative_recall
+
+reproduce-fig14: $(STAMP)  ## Figure 14: selective copy
+	$(TRAIN) experiment=fig14_selective_copy profile=$(PROFILE) $(LAUNCH) $(ARGS)
+	$(REPORT) fig14_selective_copy
+
+reproduce-synthetic: reproduce-fig2 reproduce-fig4 reproduce-fig5 reproduce-fig14

@@ -73,6 +73,16 @@ def package_versions(names: Iterable[str] = ("torch", "numpy", "hydra-core", "om
     return out
 
 
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_info(device) -> dict[str, Any]:
     import torch
 
@@ -81,7 +91,7 @@ def device_info(device) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     else:
-        info["cpu"] = platform.processor() or platform.machine()
+        info["cpu"] = _cpu_name()
         info["cpu_count"] = os.cpu_count()
         info["torch_threads"] = torch.get_num_threads()
     return info

@@ -5,7 +5,7 @@
     python -m benchmarks.train -m experiment=fig2_lds profile=paper hydra/launcher=joblib
 
 One run = one (experiment, model, task, seed [, other overrides]). It writes into its own folder
-``<out_root>/<experiment>/<task>/<model>[/<overrides>]/seed<seed>/``:
+``<out_root>/<profile>/<experiment>/<task>/<model>[/<overrides>]/seed<seed>/``:
 
 * ``record.json``: config, seed, git commit, package versions, device, backends, parameter count,
   wall time, status (``ok`` | ``diverged``) and final metrics;
@@ -65,7 +65,7 @@ def _tag() -> str:
 
 
 def run_dir(cfg: DictConfig, model_name: str, task_name: str) -> pathlib.Path:
-    d = pathlib.Path(cfg.out_root) / cfg.experiment_name / task_name / model_name
+    d = pathlib.Path(cfg.out_root) / cfg.profile.name / cfg.experiment_name / task_name / model_name
     tag = _tag()
     if tag:
         d = d / tag

@@ -124,6 +124,28 @@ def causal_conv_mimo(u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft(yf, n=n, dim=1)[:, :L].to(u.dtype)
 
 
+def causal_conv_mimo_freq(u: torch.Tensor, hf_re: torch.Tensor, hf_im: torch.Tensor) -> torch.Tensor:
+    """:func:`causal_conv_mimo` with the kernel given by its transform, in real arithmetic.
+
+    u: (B, L, D); hf_re, hf_im: (F, D, O), the real and imaginary parts of ``rfft(h, n, dim=0)`` for
+    n = 2 (F - 1) >= 2L - 1. The per-frequency complex product is done as ONE real batched matmul,
+    ``[Re u; Im u] @ [Re h | Im h]`` (F, 2B, D) x (F, D, 2O), which is faster than a complex einsum
+    on CPU and has a plain real backward. Same function as causal_conv_mimo (tests compare).
+    """
+    B, L, D = u.shape
+    F_, O = hf_re.shape[0], hf_re.shape[-1]
+    n = 2 * (F_ - 1)
+    if n < 2 * L - 1:
+        raise ValueError(f"kernel transform of length {n} is too short for L={L} (needs >= {2 * L - 1})")
+    uf = torch.view_as_real(torch.fft.rfft(u, n=n, dim=1))  # (B, F, D, 2)
+    U = uf.permute(1, 3, 0, 2).reshape(F_, 2 * B, D)  # rows: Re u (B), then Im u (B)
+    Y = torch.bmm(U, torch.cat([hf_re, hf_im], dim=-1))  # (F, 2B, 2O)
+    re = Y[:, :B, :O] - Y[:, B:, O:]  # Re u Re h - Im u Im h
+    im = Y[:, :B, O:] + Y[:, B:, :O]  # Re u Im h + Im u Re h
+    yf = torch.complex(re, im).transpose(0, 1)  # (B, F, O)
+    return torch.fft.irfft(yf, n=n, dim=1)[:, :L].to(u.dtype)
+
+
 def direct_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """O(L^2) reference for :func:`causal_conv` (tests only)."""
     B, L, C = u.shape

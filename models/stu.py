@@ -24,6 +24,8 @@ from models.spectral import (
     causal_conv_filters,
     causal_conv_flashfft,
     causal_conv_mimo,
+    causal_conv_mimo_freq,
+    fft_size,
     spectral_filters,
 )
 
@@ -59,6 +61,13 @@ class STU(nn.Module):
         (L, d_in, d_out) first, then one FFT of H, one of u and a matmul per frequency (best when
         width < batch x K);
       * ``"auto"``: pick per call with that cost rule.
+
+    ``kernel_impl`` chooses how the kernel form is evaluated (same function, tests compare):
+      * ``"freq"`` (default, fast path): the transform of H is formed in the frequency domain,
+        rfft(H)[f] = sum_k Phi_k[f] M+_k + Phi-_k[f] M-_k, from the cached transform Phi of the
+        fixed filters (one small real matmul; no FFT of the (L, d_in, d_out) kernel), and the
+        per-frequency product is one real batched matmul (:func:`causal_conv_mimo_freq`);
+      * ``"time"``: the plain kernel path, form H, FFT it, complex einsum (:func:`causal_conv_mimo`).
     """
 
     def __init__(
@@ -70,12 +79,17 @@ class STU(nn.Module):
         use_minus: bool = True,
         form: str = "auto",
         init_scale: float = 1.0,
+        kernel_impl: str = "freq",
     ):
         super().__init__()
         if form not in ("auto", "filters", "kernel"):
             raise ValueError(f"unknown STU form {form!r}; valid: auto, filters, kernel")
+        if kernel_impl not in ("freq", "time"):
+            raise ValueError(f"unknown STU kernel_impl {kernel_impl!r}; valid: freq, time")
         self.width, self.seq_len, self.k = width, seq_len, num_filters
         self.form = form
+        self.kernel_impl = kernel_impl
+        self._spectra: dict = {}
         # With the hankel_L matrix the minus branch is not needed (Agarwal et al. 2023).
         self.use_minus = use_minus and filter_variant == "hankel"
         self.filters = _Filters(seq_len, num_filters, filter_variant)
@@ -100,12 +114,37 @@ class STU(nn.Module):
             h = h + torch.einsum("lk,kdo->ldo", phi_m, self.M_minus.to(dtype))
         return h
 
+    def filter_spectrum(self, L: int, dtype, device) -> torch.Tensor:
+        """(2, F, K') real: Re and Im of rfft of the filters [phi, (-1)^s phi] (minus branch only
+        with use_minus) over their first L taps, n = fft_size(L); computed in float64, cached."""
+        key = (L, dtype, str(device))
+        if key not in self._spectra:
+            phi = self.filters.get(torch.float64, torch.device("cpu"))[:L]
+            if self.use_minus:
+                phi = torch.cat([phi, phi * alternate_sign(L)[:, None]], dim=1)
+            pf = torch.fft.rfft(phi, n=fft_size(L), dim=0)  # (F, K')
+            self._spectra[key] = torch.stack([pf.real, pf.imag]).to(device=device, dtype=dtype).contiguous()
+        return self._spectra[key]
+
+    def kernel_spectrum(self, L: int, dtype=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Re and Im (F, d_in, d_out) of rfft(kernel(L), n=fft_size(L), dim=0), by linearity."""
+        dtype = dtype or self.M_plus.dtype
+        device = device or self.M_plus.device
+        P = self.filter_spectrum(L, dtype, device)  # (2, F, K')
+        M = torch.cat([self.M_plus, self.M_minus], dim=0) if self.use_minus else self.M_plus
+        two, F_, Kp = P.shape
+        hf = (P.reshape(two * F_, Kp) @ M.to(dtype).reshape(Kp, -1)).view(two, F_, self.width, self.width)
+        return hf[0], hf[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_len(x, self.seq_len, self.width, "STU")
         B, L, _ = x.shape
         form = self.choose_form(B)
         self.backend = f"fft=torch,stu_form={form}"
         if form == "kernel":
+            self.backend += f",stu_kernel={self.kernel_impl}"
+            if self.kernel_impl == "freq":
+                return causal_conv_mimo_freq(x, *self.kernel_spectrum(L, x.dtype, x.device))
             return causal_conv_mimo(x, self.kernel(L, x.dtype, x.device))
         phi = self.filters.get(x.dtype, x.device)[:L]
         if self.use_minus:

@@ -32,7 +32,7 @@ CONF_FILE = REPO_ROOT / "conf" / "data" / "mujoco.yaml"
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 # The settings that decide the bytes of the data; a manifest made with others is refused.
-DATA_KEYS = ("n_traj", "steps", "shard_size", "seed", "n_envs")
+DATA_KEYS = ("n_traj", "steps", "shard_size", "seed")
 
 
 class DatasetError(RuntimeError):

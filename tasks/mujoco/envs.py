@@ -91,3 +91,24 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "missing"
     return out
+
+
+class torch_threads:
+    """Run a block with ``n`` torch threads: the tiny PPO policies act in ~1 ms on one thread but
+    can take tens of ms with several threads on a busy 2-core machine (thread contention)."""
+
+    def __init__(self, n: int = 1):
+        self.n = n
+
+    def __enter__(self):
+        import torch
+
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.old)
+        return False

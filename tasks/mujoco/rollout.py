@@ -1,7 +1,8 @@
 """Deterministic rollouts: one trajectory per seed, ``T`` steps, states and actions recorded.
 
 Trajectory ``i`` resets its environment with ``seed_i`` and then follows the agent's deterministic
-policy, so it depends only on that seed and the agent. ``n_envs`` environments step side by side
+policy, so it depends only on that seed and the agent (bit for bit: :meth:`Agent.act` evaluates
+the policy row by row, see there). ``n_envs`` environments step side by side
 (a plain list of envs, like SB3's DummyVecEnv but without its auto-reset) and the policy acts on the
 whole batch at once. Returned arrays (float32):
 
@@ -15,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tasks.mujoco.envs import make_env, robot
+from tasks.mujoco.envs import make_env, robot, torch_threads
 
 
 def rollout(agent, env: str, seeds: Sequence[int], steps: int, n_envs: int = 8, progress: bool = True,
@@ -35,24 +36,25 @@ def rollout(agent, env: str, seeds: Sequence[int], steps: int, n_envs: int = 8, 
     bar = tqdm(total=n * steps, desc=desc or f"rollout {spec.env_id}", unit="step", disable=not progress,
                mininterval=2.0)
     try:
-        for lo in range(0, n, n_envs):
-            idx = list(range(lo, min(lo + n_envs, n)))
-            batch = envs[: len(idx)]
-            obs = np.stack([e.reset(seed=seeds[i])[0] for e, i in zip(batch, idx)])
-            for t in range(steps):
-                act = agent.act(obs)
-                states[idx, t] = obs
-                actions[idx, t] = act
-                nxt = []
-                for k, e in enumerate(batch):
-                    o, r, term, trunc, _ = e.step(act[k])
-                    if (term or trunc) and t < steps - 1:
-                        raise RuntimeError(f"{spec.env_id} ended at step {t + 1} < {steps} (seed {seeds[idx[k]]})")
-                    rewards[idx[k], t] = r
-                    nxt.append(o)
-                obs = np.stack(nxt)
-                bar.update(len(idx))
-            states[idx, steps] = obs
+        with torch_threads(1):
+            for lo in range(0, n, n_envs):
+                idx = list(range(lo, min(lo + n_envs, n)))
+                batch = envs[: len(idx)]
+                obs = np.stack([e.reset(seed=seeds[i])[0] for e, i in zip(batch, idx)])
+                for t in range(steps):
+                    act = agent.act(obs)
+                    states[idx, t] = obs
+                    actions[idx, t] = act
+                    nxt = []
+                    for k, e in enumerate(batch):
+                        o, r, term, trunc, _ = e.step(act[k])
+                        if (term or trunc) and t < steps - 1:
+                            raise RuntimeError(f"{spec.env_id} ended at step {t + 1} < {steps} (seed {seeds[idx[k]]})")
+                        rewards[idx[k], t] = r
+                        nxt.append(o)
+                    obs = np.stack(nxt)
+                    bar.update(len(idx))
+                states[idx, steps] = obs
     finally:
         bar.close()
         for e in envs:

@@ -1,0 +1,327 @@
+"""MuJoCo datasets (issue 4): environments, agents (offline / hub / user file), shards, task.
+
+Quick: tiny agents (a few hundred PPO steps) and tiny datasets (a few 40-step trajectories) under
+``tmp_path``; the hub is never contacted (``FSB_OFFLINE=1`` or a fake ``FSB_HUB_DIR``).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import pathlib
+import shutil
+import socket
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+for _mod in ("mujoco", "gymnasium", "seals", "stable_baselines3"):
+    pytest.importorskip(_mod, reason=f"needs the [mujoco] extra ({_mod} is not installed)")
+
+from tasks.mujoco import agents as agents_mod  # noqa: E402
+from tasks.mujoco.agents import Agent, hub_reachable, load_sb3_agent, resolve_agent  # noqa: E402
+from tasks.mujoco.dataset import (  # noqa: E402
+    DatasetError, load_dataset, make_dataset, norm_stats, read_manifest, split_indices,
+)
+from tasks.mujoco.envs import ROBOTS, dataset_dir, make_env, robot  # noqa: E402
+from tasks.mujoco.rollout import rollout  # noqa: E402
+
+pytestmark = pytest.mark.mujoco
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = dict(n_traj=6, steps=40, shard_size=2, n_envs=2, seed=100, agent_timesteps=128, agent_seed=0, eval_episodes=1)
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSB_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("FSB_OFFLINE", "1")
+    monkeypatch.delenv("FSB_HUB_DIR", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return tmp_path / "data"
+
+
+def untrained_model(env: str, seed: int = 0, **policy_kwargs):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    venv = DummyVecEnv([lambda: make_env(env)])
+    return PPO("MlpPolicy", venv, n_steps=64, batch_size=32, seed=seed, device="cpu",
+               policy_kwargs=dict(net_arch=[16], **policy_kwargs))
+
+
+# ------------------------------------------------------------------------------- environments
+@pytest.mark.parametrize("name", sorted(ROBOTS))
+def test_dimensions_and_episode_length(name):
+    spec = robot(name)
+    env = make_env(name)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (spec.state_dim,)
+    assert env.action_space.shape == (spec.action_dim,)
+    assert spec.state_dim + spec.action_dim == {"ant": 37, "halfcheetah": 24, "walker2d": 24}[name]
+    n, done = 0, False
+    zero = np.zeros(spec.action_dim, np.float32)
+    while not done:
+        obs, _, term, trunc, _ = env.step(zero)
+        n += 1
+        done = term or trunc
+        assert not term, "seals episodes never terminate early"
+    assert n == spec.episode_len == 1000
+
+
+def test_same_seed_same_trajectory():
+    agent = Agent(untrained_model("halfcheetah").policy, None, {})
+    a = rollout(agent, "halfcheetah", [5, 5, 6], 60, n_envs=3, progress=False)
+    b = rollout(agent, "halfcheetah", [6, 5], 60, n_envs=3, progress=False)  # other batch order/size
+    assert a["states"].shape == (3, 61, 18) and a["actions"].shape == (3, 60, 6)
+    assert np.array_equal(a["states"][0], a["states"][1])
+    assert not np.array_equal(a["states"][0], a["states"][2])
+    assert np.array_equal(a["states"][2], b["states"][0]) and np.array_equal(a["actions"][0], b["actions"][1])
+
+
+# ------------------------------------------------------------------------------------ agents
+def test_hub_check_is_fast_and_overridable(monkeypatch):
+    monkeypatch.setenv("FSB_OFFLINE", "1")
+    t = time.time()
+    assert hub_reachable() is False
+    monkeypatch.delenv("FSB_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def no_dns(*a, **k):
+        raise socket.gaierror("no network in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    assert hub_reachable() is False
+    assert time.time() - t < 1.0
+
+
+def test_offline_trains_caches_and_reuses_local_agent(offline, monkeypatch):
+    monkeypatch.delenv("FSB_OFFLINE")
+    monkeypatch.setattr(agents_mod, "hub_reachable", lambda *a, **k: False)  # the hub is unreachable
+    man = make_dataset("halfcheetah", "smoke", overrides=TINY, progress=False, log=lambda s: None)
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    a = man["agent"]
+    assert a["source"] == "local" and a["timesteps"] == 128 and a["reused"] is False
+    assert np.isfinite(a["mean_return"]) and a["eval_episodes"] == 1
+    assert pathlib.Path(a["path"]).is_file() and pathlib.Path(a["path"]).parent == offline / "agents" / "local"
+    assert man["seeds"]["first"] == 100 and man["seeds"]["count"] == 6
+    assert (dataset_dir("halfcheetah", "smoke") / "plot.png").is_file()
+
+    shutil.rmtree(dataset_dir("halfcheetah", "smoke"))  # a second call, same data root
+
+    def no_training(*a, **k):
+        raise AssertionError("the cached agent should have been reused")
+
+    monkeypatch.setattr(agents_mod, "train_local_agent", no_training)
+    man2 = make_dataset("halfcheetah", "smoke", overrides=TINY, progress=False, log=lambda s: None)
+    assert man2["agent"]["source"] == "local" and man2["agent"]["reused"] is True
+    assert man2["agent"]["sha256"] == a["sha256"] and man2["agent"]["mean_return"] == a["mean_return"]
+    assert man2["shards"] == man["shards"] or all(
+        s2["returns"] == s1["returns"] for s1, s2 in zip(man["shards"], man2["shards"]))
+
+
+def test_hub_path_reads_fake_hub_dir(tmp_path, monkeypatch, offline):
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    spec = robot("walker2d")
+    hub = tmp_path / "hub"
+    repo = hub / spec.hub_repo
+    repo.mkdir(parents=True)
+    model = untrained_model("walker2d", seed=3)
+    model.save(repo / spec.hub_filename)
+    vn = VecNormalize(DummyVecEnv([lambda: make_env("walker2d")]), norm_obs=True)
+    vn.obs_rms.mean[:] = 0.5
+    vn.save(str(repo / "vec_normalize.pkl"))
+    monkeypatch.setenv("FSB_HUB_DIR", str(hub))
+    monkeypatch.delenv("FSB_OFFLINE")
+    agent = resolve_agent("walker2d", eval_episodes=1, log=lambda s: None)
+    assert agent.record["source"] == "hub" and agent.record["repo"] == "HumanCompatibleAI/ppo-seals-Walker2d-v1"
+    assert agent.record["vecnormalize"].endswith("vec_normalize.pkl")
+    assert np.isfinite(agent.record["mean_return"])
+    obs = np.random.default_rng(0).normal(size=(4, 18)).astype(np.float32)
+    want, _ = model.policy.predict(vn.normalize_obs(obs), deterministic=True)
+    assert np.allclose(agent.act(obs), np.clip(want, -1, 1))
+
+
+def test_loader_reads_zip_that_references_imitation(tmp_path, monkeypatch):
+    """The hub agents pickle imitation's NormalizeFeaturesExtractor; it loads without imitation."""
+    try:
+        import imitation  # noqa: F401
+        pytest.skip("imitation is installed; the shim is not used")
+    except ImportError:
+        pass
+    agents_mod._install_imitation_shim()
+    extractor = sys.modules["imitation.policies.base"].NormalizeFeaturesExtractor
+    model = untrained_model("halfcheetah", features_extractor_class=extractor)
+    with torch.no_grad():
+        model.policy.features_extractor.normalize.running_mean.fill_(0.25)
+        model.policy.pi_features_extractor.normalize.running_mean.fill_(0.25)
+    path = tmp_path / "agent.zip"
+    model.save(path)
+    for name in [n for n in sys.modules if n == "imitation" or n.startswith("imitation.")]:
+        monkeypatch.delitem(sys.modules, name)  # a fresh process: no shim yet
+    agent = load_sb3_agent(path, robot("halfcheetah"))
+    obs = np.random.default_rng(1).normal(size=(3, 18)).astype(np.float32)
+    want, _ = model.policy.predict(obs, deterministic=True)
+    assert np.allclose(agent.act(obs), np.clip(want, -1, 1), atol=1e-6)
+
+
+def test_user_agent_path_is_used_and_recorded(tmp_path, offline):
+    path = tmp_path / "mine.zip"
+    untrained_model("halfcheetah").save(path)
+    man = make_dataset("halfcheetah", "smoke", agent_path=str(path), overrides=TINY, progress=False, log=lambda s: None)
+    assert man["agent"]["source"] == "user" and man["agent"]["path"] == str(path.resolve())
+
+
+# --------------------------------------------------------------------------------- shards
+def test_corrupt_shard_reported_and_only_it_remade(offline, tmp_path):
+    make_dataset("halfcheetah", "smoke", overrides=TINY, progress=False, log=lambda s: None)
+    ddir = dataset_dir("halfcheetah", "smoke")
+    data, man = load_dataset("halfcheetah", "smoke")
+    assert data["states"].shape == (6, 41, 18) and man["n_shards"] == 3
+    assert list(data["seeds"]) == list(range(100, 106))
+    shards = sorted(ddir.glob("shard_*.npz"))
+    mtimes = {p.name: p.stat().st_mtime_ns for p in shards}
+    bad = shards[1]
+    bad.write_bytes(bad.read_bytes()[:-100])  # truncated
+    with pytest.raises(DatasetError, match=str(bad)):
+        load_dataset("halfcheetah", "smoke")
+    bad.write_bytes(b"x" * man["shards"][1]["bytes"])  # same size, wrong bytes
+    with pytest.raises(DatasetError, match="checksum"):
+        load_dataset("halfcheetah", "smoke")
+    msgs = []
+    make_dataset("halfcheetah", "smoke", overrides=TINY, progress=False, log=msgs.append)
+    assert any(str(bad) in m for m in msgs)
+    data2, _ = load_dataset("halfcheetah", "smoke")
+    for p in shards:
+        if p != bad:
+            assert p.stat().st_mtime_ns == mtimes[p.name], f"{p.name} was rewritten"
+    for k in data:
+        assert np.array_equal(data[k], data2[k]), "the remade shard differs"
+
+
+def test_manifest_from_another_env_or_settings_refused(offline):
+    make_dataset("halfcheetah", "smoke", overrides=TINY, progress=False, log=lambda s: None)
+    src = dataset_dir("halfcheetah", "smoke") / "manifest.json"
+    dst = dataset_dir("walker2d", "smoke")
+    dst.mkdir(parents=True)
+    (dst / "manifest.json").write_text(src.read_text())
+    with pytest.raises(DatasetError, match="HalfCheetah"):
+        load_dataset("walker2d", "smoke")
+    with pytest.raises(DatasetError, match="refusing"):
+        make_dataset("walker2d", "smoke", overrides=TINY, progress=False, log=lambda s: None)
+    with pytest.raises(DatasetError, match="other settings"):
+        make_dataset("halfcheetah", "smoke", overrides={**TINY, "steps": 50}, progress=False, log=lambda s: None)
+
+
+# ------------------------------------------------------------------------------------ task
+def _task(**kw):
+    from tasks.mujoco.task import MujocoTask
+
+    args = dict(env="halfcheetah", profile="smoke", context=16, val_fraction=0.34, noise_std=0.0, noise_freq=0.0,
+                progress=False)
+    args.update(kw)
+    return MujocoTask(**args)
+
+
+def test_task_split_windows_and_normalisation(offline):
+    make_dataset("halfcheetah", "smoke", overrides=TINY, progress=False, log=lambda s: None)
+    task = _task()
+    data, _ = load_dataset("halfcheetah", "smoke")
+    train, val = split_indices(6, 0.34)
+    assert list(task.train_idx) == list(train) == [0, 1, 2, 3] and list(task.val_idx) == list(val) == [4, 5]
+    assert (task.d_in, task.d_out, task.seq_len, task.kind) == (24, 18, 16, "continuous")
+
+    # normalisation statistics come from the training trajectories only
+    want = norm_stats(data["states"][train], data["actions"][train])
+    assert np.allclose(task.stats["state_mean"], want["state_mean"])
+    everything = norm_stats(data["states"], data["actions"])
+    assert not np.allclose(task.stats["state_mean"], everything["state_mean"])
+    assert (dataset_dir("halfcheetah", "smoke") / "norm_stats_val0.34.json").is_file()
+
+    # every training window is a slice of a training trajectory and of no validation trajectory
+    xn = task.normalize_states(data["states"])
+    un = task.normalize_actions(data["actions"])
+    batch = task.sample(32, torch.Generator().manual_seed(0))
+    assert batch.inputs.shape == (32, 16, 24) and batch.targets.shape == (32, 16, 18)
+    for inp, tgt in zip(batch.inputs.numpy(), batch.targets.numpy()):
+        hits = [(i, t) for i in range(6) for t in range(40 - 16 + 1)
+                if np.array_equal(xn[i, t:t + 16], inp[:, :18]) and np.array_equal(un[i, t:t + 16], inp[:, 18:])
+                and np.array_equal(xn[i, t + 1:t + 17], tgt)]
+        assert hits and all(i in train for i, _ in hits)
+
+    # validation: every validation transition scored exactly once, deterministically, from val data only
+    batches = list(task.val_batches(batch_size=3))
+    assert sum(int(b.mask.sum()) for b in batches) == task.n_val_positions() == 2 * 40
+    again = list(task.val_batches(batch_size=3))
+    assert all(torch.equal(a.inputs, b.inputs) and torch.equal(a.mask, b.mask) for a, b in zip(batches, again))
+    perfect = sum(float(task.loss(b.targets, b)) for b in batches)
+    assert perfect == 0.0
+    vt = task.val_trajectories()
+    assert vt["states"].shape == (2, 41, 18) and list(vt["seeds"]) == [104, 105]
+    assert np.array_equal(vt["states"], data["states"][4:])
+
+    # the paper's loss: half the squared Euclidean distance, averaged over scored positions
+    b = batches[0]
+    out = b.targets + 1.0
+    assert float(task.loss(out, b)) == pytest.approx(0.5 * 18)
+
+    d = task.describe()
+    assert d["agent"]["source"] == "local" and "mean_return" in d["agent"] and d["seeds"]["first"] == 100
+    assert d["n_train"] == 4 and d["n_val"] == 2
+
+
+def test_task_input_noise_per_step(offline):
+    make_dataset("halfcheetah", "smoke", overrides=TINY, progress=False, log=lambda s: None)
+    clean = _task().sample(64, torch.Generator().manual_seed(1))
+    noisy = _task(noise_std=0.5, noise_freq=0.1).sample(64, torch.Generator().manual_seed(1))
+    assert torch.equal(clean.targets, noisy.targets)
+    hit = (noisy.inputs != clean.inputs).any(-1)  # (B, L): which steps got noise
+    assert 0.05 < hit.float().mean() < 0.15
+    assert ((noisy.inputs != clean.inputs).all(-1) == hit).all(), "a noised step gets noise on every feature"
+    again = _task(noise_std=0.5, noise_freq=0.1).eval_batch(8, seed=3)
+    assert torch.equal(again.inputs, _task().eval_batch(8, seed=3).inputs), "evaluation is never noised"
+
+
+# ---------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("name", ["mujoco_ant", "mujoco_halfcheetah", "mujoco_walker2d"])
+def test_task_configs_list_every_constructor_arg(name):
+    from omegaconf import OmegaConf
+
+    from tasks.mujoco.task import MujocoTask
+
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "task" / f"{name}.yaml"))
+    assert cfg["_target_"] == "tasks.mujoco.task.MujocoTask"
+    params = set(inspect.signature(MujocoTask.__init__).parameters) - {"self"}
+    assert set(cfg) - {"_target_"} == params
+    assert cfg["env"] == name.split("_", 1)[1]
+
+
+def test_build_task_from_config(offline):
+    from tasks.base import build_task
+
+    make_dataset("halfcheetah", "smoke", overrides=TINY, progress=False, log=lambda s: None)
+    task = build_task("mujoco_halfcheetah", context=8, progress=False)
+    assert task.seq_len == 8 and task.d_in == 24
+    assert task.default_optimizer["name"] == "adamw" and task.primary_metric == "loss" and not task.higher_is_better
+
+
+def test_make_data_cli_rejects_unknown_key(capsys):
+    from tasks.mujoco.make_data import main
+
+    assert main(["env=ant", "profile=smoke", "nonsense=1"]) == 2
+    assert main(["env=ant", "profile=huge"]) == 1
+
+
+@pytest.mark.slow
+def test_make_data_cli_smoke_end_to_end(offline):
+    """The real smoke profile (a minute or more per robot): shards, manifest and plot."""
+    from tasks.mujoco.make_data import main
+
+    assert main(["env=halfcheetah", "profile=smoke"]) == 0
+    ddir = dataset_dir("halfcheetah", "smoke")
+    man = json.loads((ddir / "manifest.json").read_text())
+    assert man["complete"] and man["n_traj"] == 32 and man["steps"] == 1000 and (ddir / "plot.png").is_file()
+    assert len(list(ddir.glob("shard_*.npz"))) == man["n_shards"]

@@ -146,9 +146,12 @@ def _settings(cfg: DictConfig, task, task_name: str) -> dict[str, Any]:
     return {"steps": steps, "batch_size": bs, "optimizer": opt, "eval_every": every}
 
 
-def run(cfg: DictConfig) -> float:
-    """Train one run (or skip it if its record exists); return its primary metric."""
-    model_name, task_name = _choice("model", cfg), _choice("task", cfg)
+def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = None) -> float:
+    """Train one run (or skip it if its record exists); return its primary metric.
+
+    ``model_name``/``task_name`` default to Hydra's choices (give them when calling outside Hydra)."""
+    model_name = model_name or _choice("model", cfg)
+    task_name = task_name or _choice("task", cfg)
     out = run_dir(cfg, model_name, task_name)
     record_path = out / "record.json"
     if record_path.exists() and not cfg.force:
@@ -224,11 +227,13 @@ def run(cfg: DictConfig) -> float:
                 m = evaluate(model, task, cfg.eval_size, eval_seed, device, dtype)
                 curve.append({"step": step + 1, "train_loss": loss_val, **{f"eval_{k}": v for k, v in m.items()},
                               "wall_time_s": round(time.perf_counter() - t0, 3)})
-                if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every < s["eval_every"]:
-                    out.mkdir(parents=True, exist_ok=True)
-                    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                "generator": gen.get_state(), "curve": curve, "step": step + 1,
-                                "elapsed": time.perf_counter() - t0}, ckpt_path)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < s["steps"]:
+                out.mkdir(parents=True, exist_ok=True)
+                tmp = ckpt_path.with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "generator": gen.get_state(), "curve": curve, "step": step + 1,
+                            "elapsed": time.perf_counter() - t0}, tmp)
+                tmp.replace(ckpt_path)
     finally:
         if bar is not None:
             bar.close()
@@ -274,10 +279,17 @@ def run(cfg: DictConfig) -> float:
     return float(primary_value)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+CONF_DIR = str(pathlib.Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     return run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    # Call the function through its importable module, not __main__, so that process-based
+    # launchers (joblib, submitit) can pickle it by reference.
+    from benchmarks.train import main as _main
+
+    _main()

@@ -128,15 +128,16 @@ def causal_conv_mimo_freq(u: torch.Tensor, hf_re: torch.Tensor, hf_im: torch.Ten
     """:func:`causal_conv_mimo` with the kernel given by its transform, in real arithmetic.
 
     u: (B, L, D); hf_re, hf_im: (F, D, O), the real and imaginary parts of ``rfft(h, n, dim=0)`` for
-    n = 2 (F - 1) >= 2L - 1. The per-frequency complex product is done as ONE real batched matmul,
+    n = fft_size(L) (F = n // 2 + 1). The per-frequency complex product is done as ONE real batched matmul,
     ``[Re u; Im u] @ [Re h | Im h]`` (F, 2B, D) x (F, D, 2O), which is faster than a complex einsum
     on CPU and has a plain real backward. Same function as causal_conv_mimo (tests compare).
     """
     B, L, D = u.shape
     F_, O = hf_re.shape[0], hf_re.shape[-1]
-    n = 2 * (F_ - 1)
-    if n < 2 * L - 1:
-        raise ValueError(f"kernel transform of length {n} is too short for L={L} (needs >= {2 * L - 1})")
+    n = fft_size(L)
+    if F_ != n // 2 + 1:
+        raise ValueError(f"kernel transform has {F_} frequencies; L={L} needs rfft length fft_size(L)={n}, "
+                         f"i.e. {n // 2 + 1} frequencies")
     uf = torch.view_as_real(torch.fft.rfft(u, n=n, dim=1))  # (B, F, D, 2)
     U = uf.permute(1, 3, 0, 2).reshape(F_, 2 * B, D)  # rows: Re u (B), then Im u (B)
     Y = torch.bmm(U, torch.cat([hf_re, hf_im], dim=-1))  # (F, 2B, 2O)

@@ -5,6 +5,7 @@ Quick: tiny agents (a few hundred PPO steps) and tiny datasets (a few 40-step tr
 """
 from __future__ import annotations
 
+import base64
 import inspect
 import json
 import os
@@ -13,6 +14,7 @@ import shutil
 import socket
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -147,12 +149,18 @@ def test_hub_path_reads_fake_hub_dir(tmp_path, monkeypatch, offline):
 
 def test_loader_reads_zip_that_references_imitation(tmp_path, monkeypatch):
     """The hub agents pickle imitation's NormalizeFeaturesExtractor; it loads without imitation."""
+    def drop_shim():  # as in a fresh process
+        for name in [n for n in sys.modules if n == "imitation" or n.startswith("imitation.")]:
+            monkeypatch.delitem(sys.modules, name)
+
+    drop_shim()
     try:
         import imitation  # noqa: F401
         pytest.skip("imitation is installed; the shim is not used")
     except ImportError:
         pass
     agents_mod._install_imitation_shim()
+    assert sys.modules["imitation.policies.base"].__dict__.get("__fsb_shim__")
     extractor = sys.modules["imitation.policies.base"].NormalizeFeaturesExtractor
     model = untrained_model("halfcheetah", features_extractor_class=extractor)
     with torch.no_grad():
@@ -160,8 +168,10 @@ def test_loader_reads_zip_that_references_imitation(tmp_path, monkeypatch):
         model.policy.pi_features_extractor.normalize.running_mean.fill_(0.25)
     path = tmp_path / "agent.zip"
     model.save(path)
-    for name in [n for n in sys.modules if n == "imitation" or n.startswith("imitation.")]:
-        monkeypatch.delitem(sys.modules, name)  # a fresh process: no shim yet
+    with zipfile.ZipFile(path) as z:  # pickled by reference, as in the hub's zips
+        blob = base64.b64decode(json.loads(z.read("data"))["policy_kwargs"][":serialized:"])
+    assert b"imitation.policies.base" in blob and b"running_mean" not in blob
+    drop_shim()
     agent = load_sb3_agent(path, robot("halfcheetah"))
     obs = np.random.default_rng(1).normal(size=(3, 18)).astype(np.float32)
     want, _ = model.policy.predict(obs, deterministic=True)

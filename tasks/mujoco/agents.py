@@ -192,8 +192,9 @@ def _install_imitation_shim() -> None:
     names = ["imitation", "imitation.policies", "imitation.policies.base", "imitation.util",
              "imitation.util.networks"]
     mods = {n: types.ModuleType(n) for n in names}
-    RunningNorm.__module__ = "imitation.util.networks"
+    RunningNorm.__module__, RunningNorm.__qualname__ = "imitation.util.networks", "RunningNorm"
     NormalizeFeaturesExtractor.__module__ = "imitation.policies.base"
+    NormalizeFeaturesExtractor.__qualname__ = "NormalizeFeaturesExtractor"
     mods["imitation.util.networks"].RunningNorm = RunningNorm
     mods["imitation.policies.base"].NormalizeFeaturesExtractor = NormalizeFeaturesExtractor
     for n, m in mods.items():

@@ -58,3 +58,18 @@ reproduce-fig14: $(STAMP)  ## Figure 14: selective copy
 	$(REPORT) fig14_selective_copy
 
 reproduce-synthetic: reproduce-fig2 reproduce-fig4 reproduce-fig5 reproduce-fig14
+
+.PHONY: bench-speed
+bench-speed: $(STAMP)  ## train-step times and mixer time vs length (results/speed/, plots/speed_*); SPEED_ARGS=... adds Hydra overrides
+	$(PY) -m benchmarks.speed speed=$(PROFILE) $(SPEED_ARGS)
+
+# --- MuJoCo trajectory datasets (issue 4) --------------------------------------------------
+# make data-mujoco ENV=ant|halfcheetah|walker2d PROFILE=smoke|paper [AGENT=/path/to/ppo.zip]
+# Writes $(FSB_DATA)/mujoco/$(ENV)/$(PROFILE)/{shard_*.npz,manifest.json,plot.png}; rerun resumes/repairs.
+AGENT ?=
+.PHONY: data-mujoco data-mujoco-all
+data-mujoco: $(STAMP)  ## MuJoCo dataset: ENV=ant|halfcheetah|walker2d PROFILE=smoke|paper [AGENT=zip]
+	$(PY) -m tasks.mujoco.make_data env=$(ENV) profile=$(PROFILE) $(if $(AGENT),agent.path=$(AGENT),)
+
+data-mujoco-all: $(STAMP)  ## the three MuJoCo datasets at PROFILE
+	for e in ant halfcheetah walker2d; do $(PY) -m tasks.mujoco.make_data env=$$e profile=$(PROFILE) || exit 1; done

@@ -32,14 +32,17 @@ from omegaconf import OmegaConf
 
 from benchmarks.records import REPO, atomic_write_text, read_records
 
-MODEL_ORDER = ["stu", "stu_t", "s4d", "mamba2", "transformer", "transformer_moe", "mamba2_moe", "flash_stu",
+MODEL_ORDER = ["robotics_stu", "robotics_stu_t", "robotics_transformer", "robotics_mamba2",
+               "stu", "stu_t", "s4d", "mamba2", "transformer", "transformer_moe", "mamba2_moe", "flash_stu",
                "mamba2_hybrid"]
 LABELS = {"stu": "STU", "stu_t": "STU-T", "s4d": "S4D", "mamba2": "Mamba-2", "transformer": "Attention",
           "transformer_moe": "Transformer (MoE)", "mamba2_moe": "Mamba-2 (MoE)", "flash_stu": "Flash STU",
-          "mamba2_hybrid": "Mamba-2 hybrid"}
+          "mamba2_hybrid": "Mamba-2 hybrid", "robotics_stu": "STU", "robotics_stu_t": "STU-T",
+          "robotics_transformer": "Transformer", "robotics_mamba2": "Mamba-2"}
 COLORS = {"stu": "tab:blue", "stu_t": "tab:orange", "s4d": "tab:green", "mamba2": "tab:red",
           "transformer": "tab:purple", "transformer_moe": "tab:brown", "mamba2_moe": "tab:pink",
-          "flash_stu": "tab:cyan", "mamba2_hybrid": "tab:olive"}
+          "flash_stu": "tab:cyan", "mamba2_hybrid": "tab:olive", "robotics_stu": "tab:blue",
+          "robotics_stu_t": "tab:orange", "robotics_transformer": "tab:purple", "robotics_mamba2": "tab:red"}
 
 
 def experiment_report_config(name: str) -> dict[str, Any]:

@@ -230,7 +230,7 @@ def test_manifest_from_another_env_or_settings_refused(offline):
 def _task(**kw):
     from tasks.mujoco.task import MujocoTask
 
-    args = dict(env="halfcheetah", profile="smoke", context=16, val_fraction=0.34, noise_std=0.0, noise_freq=0.0,
+    args = dict(env="halfcheetah", data_profile="smoke", context=16, val_fraction=0.34, noise_std=0.0, noise_freq=0.0,
                 progress=False)
     args.update(kw)
     return MujocoTask(**args)

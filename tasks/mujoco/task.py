@@ -35,10 +35,11 @@ class MujocoTask(Task):
     default_batch_size = 32
     default_steps = 2000
 
-    def __init__(self, env: str = "ant", profile: str = "smoke", context: int = 512, val_fraction: float = 0.1,
+    def __init__(self, env: str = "ant", data_profile: str = "smoke", context: int = 512, val_fraction: float = 0.1,
                  noise_std: float = 0.0, noise_freq: float = 0.0, data_dir: str | None = None,
                  agent_path: str | None = None, progress: bool = True):
         spec = robot(env)
+        profile = data_profile
         self.env, self.profile, self.spec = spec.name, profile, spec
         self.name = f"mujoco_{spec.name}"
         self.context = self.seq_len = int(context)
@@ -127,6 +128,10 @@ class MujocoTask(Task):
             if covered < T:
                 out.append((i, T - L, covered - (T - L)))
         return out
+
+    def eval_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        """The runner's evaluation set: the whole validation split (``seed`` is not needed)."""
+        yield from self.val_batches(batch_size)
 
     def val_batches(self, batch_size: int) -> Iterator[Batch]:
         """The whole validation set, deterministically, in batches of at most ``batch_size``."""

@@ -9,7 +9,9 @@ One run = one (experiment, model, task, seed [, other overrides]). It writes int
 
 * ``record.json``: config, seed, git commit, package versions, device, backends, parameter count,
   wall time, status (``ok`` | ``diverged``) and final metrics;
-* ``curve.csv``: train loss and evaluation metrics every ``eval_every`` steps.
+* ``curve.csv``: train loss and evaluation metrics every ``eval_every`` steps;
+* ``model.pt`` (only with ``save_model=true``): the trained weights with the model config and the
+  task shapes, for evaluations after training (``benchmarks/robotics.py``).
 
 Both are written atomically. A run whose record exists is skipped, so a killed sweep resumes
 where it stopped; with ``checkpoint_every`` a run itself resumes from its last checkpoint.
@@ -36,7 +38,7 @@ from benchmarks.records import (atomic_write_csv, atomic_write_json, device_info
 
 # Overrides that do not change what a run computes (or are already in its folder name).
 _NOT_IN_TAG = {"model", "task", "seed", "profile", "experiment", "experiment_name", "out_root", "progress",
-               "force", "device", "threads", "checkpoint_every"}
+               "force", "device", "threads", "checkpoint_every", "save_model"}
 
 
 def _choice(group: str, cfg: DictConfig) -> str:
@@ -271,6 +273,13 @@ def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = 
         "run_dir": str(out),
     }
     atomic_write_csv(out / "curve.csv", curve)
+    if cfg.get("save_model") and status == "ok":
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "model.pt.tmp"
+        torch.save({"state_dict": model.state_dict(), "model_config": model_cfg, "shapes": task.model_shapes(),
+                    "model": model_name, "task": task_name, "seed": int(cfg.seed)}, tmp)
+        tmp.replace(out / "model.pt")
+        record["model_file"] = "model.pt"
     atomic_write_json(record_path, record)  # the record last: its existence means "finished"
     if ckpt_path.exists():
         ckpt_path.unlink()

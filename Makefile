@@ -73,3 +73,44 @@ data-mujoco: $(STAMP)  ## MuJoCo dataset: ENV=ant|halfcheetah|walker2d PROFILE=s
 
 data-mujoco-all: $(STAMP)  ## the three MuJoCo datasets at PROFILE
 	for e in ant halfcheetah walker2d; do $(PY) -m tasks.mujoco.make_data env=$$e profile=$(PROFILE) || exit 1; done
+
+# --- Robotics (section III, appendix C/D; issue 5) ------------------------------------------
+# make reproduce-table2 [PROFILE=smoke|paper] [RESULTS=results] [PLOTS=plots] [ARGS="hydra overrides"]
+#   [DATA_ARGS="make_data overrides"] [ROBOT_ARGS="benchmarks.robotics options"]
+# Each target: the dataset (made if missing, verified otherwise), the training sweep (resumable: runs
+# with a record are skipped), then the evaluation, tables (results/tableN.md/.tex) and figures.
+RESULTS ?= results
+PLOTS ?= plots
+DATA_ARGS ?=
+ROBOT_ARGS ?=
+ROBOT := $(PY) -m benchmarks.robotics --profile $(PROFILE) --results $(RESULTS) --plots $(PLOTS) $(ROBOT_ARGS)
+MAKE_DATA = $(PY) -m tasks.mujoco.make_data profile=$(PROFILE) $(DATA_ARGS) env=
+
+.PHONY: reproduce-table1 reproduce-table2 reproduce-table6 reproduce-table7 reproduce-ablations reproduce-robotics
+
+reproduce-table2: $(STAMP)  ## Table II + Figures 6, 7, 8, 22, 23 (Ant-v1)
+	$(MAKE_DATA)ant
+	$(TRAIN) experiment=table2_ant profile=$(PROFILE) $(LAUNCH) $(ARGS)
+	$(ROBOT) table2
+
+reproduce-table6: $(STAMP)  ## Table VI + Figures 16, 17, 18 (HalfCheetah-v1)
+	$(MAKE_DATA)halfcheetah
+	$(TRAIN) experiment=table6_halfcheetah profile=$(PROFILE) $(LAUNCH) $(ARGS)
+	$(ROBOT) table6
+
+reproduce-table7: $(STAMP)  ## Table VII + Figures 19, 20, 21 (Walker2d-v1)
+	$(MAKE_DATA)walker2d
+	$(TRAIN) experiment=table7_walker2d profile=$(PROFILE) $(LAUNCH) $(ARGS)
+	$(ROBOT) table7
+
+reproduce-table1: $(STAMP)  ## Table I: parameters, sizes, measured time per train step (this machine)
+	$(ROBOT) table1
+
+reproduce-ablations: $(STAMP)  ## Tables VIII, IX, X: width / depth / input-noise ablations (Ant-v1)
+	$(MAKE_DATA)ant
+	$(TRAIN) experiment=table8_stu profile=$(PROFILE) $(LAUNCH) $(ARGS)
+	$(TRAIN) experiment=table9_stu_t profile=$(PROFILE) $(LAUNCH) $(ARGS)
+	$(TRAIN) experiment=table10_transformer profile=$(PROFILE) $(LAUNCH) $(ARGS)
+	$(ROBOT) table8 table9 table10
+
+reproduce-robotics: reproduce-table1 reproduce-table2 reproduce-table6 reproduce-table7 reproduce-ablations  ## all of section III

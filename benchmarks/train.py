@@ -144,7 +144,7 @@ def _settings(cfg: DictConfig, task, task_name: str) -> dict[str, Any]:
     opt.update({k: v for k, v in OmegaConf.to_container(cfg.optimizer).items() if v is not None})
     opt.setdefault("schedule", "constant")
     opt.setdefault("warmup_frac", 0.0)
-    every = int(cfg.eval_every) if cfg.eval_every else max(1, steps // 40)
+    every = int(cfg.eval_every) if cfg.eval_every else max(1, steps // int(prof.get("curve_points") or 40))
     return {"steps": steps, "batch_size": bs, "optimizer": opt, "eval_every": every}
 
 

@@ -114,3 +114,9 @@ reproduce-ablations: $(STAMP)  ## Tables VIII, IX, X: width / depth / input-nois
 	$(ROBOT) table8 table9 table10
 
 reproduce-robotics: reproduce-table1 reproduce-table2 reproduce-table6 reproduce-table7 reproduce-ablations  ## all of section III
+
+# --- Loss landscapes (Figure 3) and Hessian ratios (Figure 13) on the LDS ------------------------
+.PHONY: reproduce-fig3 reproduce-fig13
+reproduce-fig3: $(STAMP)  ## Figures 3 and 13: loss landscape and curvature after 10 LDS steps
+	$(PY) -m benchmarks.landscape profile=$(PROFILE) $(ARGS)
+reproduce-fig13: reproduce-fig3

@@ -163,6 +163,28 @@ def prediction_losses(model, task, n_pred: int, max_traj: int | None = None, dev
             "seeds": np.asarray(traj["seeds"][:n])}
 
 
+class Persistence(torch.nn.Module):
+    """Reference predictor without training: no change, x^_{t+1} = x_t (the state part of the last input)."""
+
+    def __init__(self, state_dim: int):
+        super().__init__()
+        self.state_dim = state_dim
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        return inp[..., : self.state_dim].clone()
+
+
+@torch.no_grad()
+def validation_loss(model, task, batch_size: int = 256) -> float:
+    """The runner's validation metric (``loss`` over every validation transition) for any model."""
+    tot, w = 0.0, 0.0
+    for b in task.val_batches(batch_size):
+        m = task.metrics(model(b.inputs), b)
+        n = float(b.mask.sum())
+        tot, w = tot + m["loss"] * n, w + n
+    return tot / max(w, 1.0)
+
+
 def load_trained(run_dir: pathlib.Path, device="cpu"):
     import models
 
@@ -206,6 +228,30 @@ def evaluate_run(record: dict[str, Any], n_pred: int, max_traj: int | None, devi
     print(f"[eval] {rdir}: next-step {out['loss_next'].mean():.4g}, autoregressive {out['loss_ar'].mean():.4g} "
           f"({float(out['eval_seconds']):.1f}s)", file=sys.stderr)
     return out
+
+
+def _eval_worker(record: dict[str, Any], n_pred: int, max_traj: int | None, device: str, threads: int | None) -> str:
+    if threads:
+        torch.set_num_threads(threads)
+    evaluate_run(record, n_pred, max_traj, device)
+    return record["_dir"]
+
+
+def evaluate_runs(records: list[dict[str, Any]], n_pred: int, max_traj: int | None, device: str = "cpu",
+                  jobs: int = 1, threads: int | None = None) -> None:
+    """Fill the prediction caches of ``records``, ``jobs`` processes at a time (one thread each on a
+    CPU by default: small sequential forwards of the rollouts slow down badly with more threads
+    than free cores)."""
+    if jobs <= 1 or len(records) <= 1:
+        for r in records:
+            _eval_worker(r, n_pred, max_traj, device, threads)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        for f in [ex.submit(_eval_worker, r, n_pred, max_traj, device, threads) for r in records]:
+            f.result()
 
 
 # ------------------------------------------------------------------------------------- provenance
@@ -372,7 +418,8 @@ def plot_ablation_curves(curves, runs, title: str, path: pathlib.Path) -> None:
 
 # ------------------------------------------------------------------------- Tables II, VI, VII
 def env_table(which: str, profile: str, runs_root: pathlib.Path, results: pathlib.Path, plots: pathlib.Path,
-              n_pred: int, max_traj: int | None, device: str = "cpu") -> pathlib.Path:
+              n_pred: int, max_traj: int | None, device: str = "cpu", jobs: int = 1,
+              threads: int | None = None) -> pathlib.Path:
     from benchmarks.report import report
 
     spec = ENV_TABLES[which]
@@ -388,6 +435,7 @@ def env_table(which: str, profile: str, runs_root: pathlib.Path, results: pathli
     per_model: dict[str, dict[str, np.ndarray]] = {}
     pred_rows, feat_rows = [], []
     ok = [r for r in records if r.get("status") == "ok"]
+    evaluate_runs(ok, n_pred, max_traj, device, jobs, threads)
     for r in ok:
         d = evaluate_run(r, n_pred, max_traj, device)
         agg = per_model.setdefault(r["model"], {k: [] for k in ("loss_next", "loss_ar", "pred_next", "pred_ar", "true")})
@@ -429,6 +477,15 @@ def env_table(which: str, profile: str, runs_root: pathlib.Path, results: pathli
                          f"predictions averaged over {n_traj} validation trajectories, first {FEATURE_STEPS} "
                          f"predictions ({profile} profile)", ylab, figs[tag])
 
+    # ---- reference row: predicting no change (computed here on the same validation data)
+    base = None
+    if ok:
+        task = task_of(ok[0])
+        pers = Persistence(task.d_out)
+        pd_ = prediction_losses(pers, task, n_pred, max_traj, "cpu")
+        base = {"val": validation_loss(pers, task), "next": float(pd_["loss_next"].mean()),
+                "ar": float(pd_["loss_ar"].mean())}
+
     # ---- the table
     header = ["Model", "Params (ours)", "Validation loss (ours)", "Validation loss (paper, reference)",
               f"Next-step loss, mean of {n_pred} (ours)", f"Autoregressive loss, mean of {n_pred} (ours)"]
@@ -446,6 +503,9 @@ def env_table(which: str, profile: str, runs_root: pathlib.Path, results: pathli
         rows.append([_label(m), f"{rs[0]['params']:,}", v, _fmt(paper.get(_label(m))),
                      _fmt(float(pm["loss_next"].mean())) if pm else "n/a",
                      _fmt(float(pm["loss_ar"].mean())) if pm else "n/a"])
+    if base is not None:
+        rows.append(["No-change baseline x^_(t+1) = x_t (reference, not trained)", "0", _fmt(base["val"]), "-",
+                     _fmt(base["next"]), _fmt(base["ar"])])
     checks = ordering_checks(paper, ours)
     held = sum(1 for c in checks if c[1])
     title = f"Table {spec['roman']}: {spec['robot']} comparative validation loss"
@@ -651,12 +711,13 @@ def main(argv=None) -> None:
     ap.add_argument("--max-trajectories", type=int, default=None,
                     help="validation trajectories for the prediction figures (profile default)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per evaluation process and for the Table I timing (default on a CPU: 1)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="evaluation processes (default: 1 on a GPU, min(2, cores) on a CPU)")
     ap.add_argument("--override", action="append", default=[],
                     help="Hydra override for the profile settings read by table1 (repeatable)")
     a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
     from omegaconf import OmegaConf
 
     runs = pathlib.Path(a.runs or os.environ.get("FSB_RUNS", "runs"))
@@ -666,11 +727,15 @@ def main(argv=None) -> None:
     n_pred = a.predictions or int(ev.get("predictions", 500))
     max_traj = a.max_trajectories if a.max_trajectories is not None else ev.get("max_trajectories")
     dev = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    threads = a.threads or (1 if dev == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    jobs = a.jobs or (1 if dev != "cpu" else max(1, min(2, os.cpu_count() or 1)))
     for t in a.tables:
         if t == "table1":
             table1(a.profile, runs, results, a.override, a.device)
         elif t in ENV_TABLES:
-            env_table(t, a.profile, runs, results, plots, n_pred, max_traj, dev)
+            env_table(t, a.profile, runs, results, plots, n_pred, max_traj, dev, jobs, threads)
         else:
             ablation_table(t, a.profile, runs, results, plots)
 

@@ -747,6 +747,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_json(json_path, {**meta, "columns": COLUMNS, "rows": rows,
                                   "files": {"csv": str(csv_path), "md": str(md_path),
                                             "png": str(png_path) if plotted else None}})
+    for p in (csv_path, md_path, json_path, png_path if plotted else None):
+        if p is not None:
+            with contextlib.suppress(OSError):
+                os.chmod(p, 0o644)  # the temp-file writes leave 0600; these files are shared results
     _log(cfg, f"wrote {csv_path}, {md_path}, {json_path}" + (f", {png_path}" if plotted else "") +
          f" in {meta['wall_s']:.0f} s")
     return {"csv": csv_path, "md": md_path, "json": json_path, "png": png_path if plotted else None, "rows": rows}

@@ -205,7 +205,7 @@ def write_summary(experiment: str, runs: pd.DataFrame, summary: pd.DataFrame, cl
     commits = sorted(set(runs["git_commit"].dropna()))
     backends = sorted(set(runs["backends"].dropna()))
     lines += [f"Profile: **{', '.join(profiles)}**. Device: {', '.join(devices)}. "
-              f"Commit(s): {', '.join(c[:12] for c in commits)}. Backends: {'; '.join(backends)}.",
+              f"Commit(s): {', '.join(sorted({c[:12] + (' (with uncommitted changes)' if c.endswith('-dirty') else '') for c in commits}))}. Backends: {'; '.join(backends)}.",
               f"Final {metric} ({'higher' if hib else 'lower'} is better) over trials; "
               "a diverged trial counts as unsolved and is excluded from the mean.", "",
               f"![{experiment}]({plot_rel})", "",

@@ -741,4 +741,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Call main through the importable module, not __main__, so that the evaluation worker processes
+    # can unpickle their function by reference.
+    from benchmarks.robotics import main as _main
+
+    _main()

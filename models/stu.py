@@ -59,7 +59,7 @@ class STU(nn.Module):
         layers at batch 1);
       * ``"kernel"``: form the MIMO kernel H[s] = sum_k phi_k[s] M+_k + (-1)^s phi_k[s] M-_k
         (L, d_in, d_out) first, then one FFT of H, one of u and a matmul per frequency (best when
-        width < batch x K);
+        width <= batch x K);
       * ``"auto"``: pick per call with that cost rule.
 
     ``kernel_impl`` chooses how the kernel form is evaluated (same function, tests compare):
@@ -101,7 +101,7 @@ class STU(nn.Module):
     def choose_form(self, batch: int) -> str:
         if self.form != "auto":
             return self.form
-        return "kernel" if self.width < batch * self.k else "filters"
+        return "kernel" if self.width <= batch * self.k else "filters"
 
     def kernel(self, L: int, dtype=None, device=None) -> torch.Tensor:
         """The MIMO impulse response H (L, d_in, d_out) of the layer."""

@@ -131,11 +131,11 @@ def check_claims(summary: pd.DataFrame, rep: dict, higher_is_better: bool) -> li
         if kind == "all_solved":
             holds = all(s.loc[m, "solved"] == s.loc[m, "trials"] for m in models)
             ev = ", ".join(f"{LABELS.get(m, m)} {s.loc[m, 'solved']}/{s.loc[m, 'trials']}" for m in models)
-            results.append((f"{' and '.join(lab)} solve every trial", holds, ev))
+            results.append((f"{' and '.join(lab)} {'solves' if len(lab) == 1 else 'solve'} every trial", holds, ev))
         elif kind == "solved_any":
             holds = all(s.loc[m, "solved"] > 0 for m in models)
             ev = ", ".join(f"{LABELS.get(m, m)} {s.loc[m, 'solved']}/{s.loc[m, 'trials']}" for m in models)
-            results.append((f"{' and '.join(lab)} solve the task on some trial", holds, ev))
+            results.append((f"{' and '.join(lab)} {'solves' if len(lab) == 1 else 'solve'} the task on some trial", holds, ev))
         elif kind == "more_solved":
             a, b = models
             holds = s.loc[a, "solved"] > s.loc[b, "solved"] or (
@@ -151,7 +151,7 @@ def check_claims(summary: pd.DataFrame, rep: dict, higher_is_better: bool) -> li
             top = ranked[: len(models)]
             holds = set(top) == set(models)
             ev = "ranking: " + " > ".join(LABELS.get(m, m) for m in ranked)
-            results.append((f"{' and '.join(lab)} are the best", holds, ev))
+            results.append((f"{' and '.join(lab)} {'is' if len(lab) == 1 else 'are'} the best", holds, ev))
         else:
             results.append((f"{kind} {models}", None, "unknown check"))
     return results

@@ -274,9 +274,13 @@ def _provenance(records: list[dict], runs_root: pathlib.Path, profile: str) -> l
              f"- Training settings: {'; '.join(settings)}.",
              f"- Data: {tinfo.get('env_id')} `{tinfo.get('profile')}` dataset, {tinfo.get('n_traj')} trajectories x "
              f"{tinfo.get('steps')} steps ({tinfo.get('n_train')} train / {tinfo.get('n_val')} validation), agent "
-             f"`{agent.get('source')}` (mean return {agent.get('mean_return')}), data mean return "
-             f"{tinfo.get('data_mean_return')}."]
+             f"`{agent.get('source')}` (mean return {_round(agent.get('mean_return'))}), data mean return "
+             f"{_round(tinfo.get('data_mean_return'))}."]
     return lines
+
+
+def _round(x, nd: int = 1):
+    return round(float(x), nd) if isinstance(x, (int, float)) else x
 
 
 def _run_list(records: list[dict]) -> list[str]:
@@ -614,7 +618,7 @@ def table1(profile: str, runs_root: pathlib.Path, results: pathlib.Path, overrid
                      f"SwiGLU {hidden} ({mc['mlp_scale']:g} x width)", filt, f"{p['filters'] or '-'}", ff,
                      str(p["moe"]), f"{ms:.1f} ms", f"{p['ms_per_step']} ms"])
     info = device_info(dev)
-    dname = info.get("gpu") or f"{info.get('cpu')} ({info.get('torch_threads')} torch threads)"
+    dname = info.get("gpu") or f"{info.get('cpu')} (torch threads: {info.get('torch_threads')})"
     header = ["Model", "Params (ours)", "Params (paper)", "Width/Depth (ours)", "Width/Depth (paper)",
               "MLP scale (paper)", "MLP (ours)", "Filters (ours)", "Filters (paper)", "MoE (ours)", "MoE (paper)",
               "Time/train step (ours)", "Time/train step (paper)"]

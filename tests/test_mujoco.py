@@ -83,6 +83,21 @@ def test_same_seed_same_trajectory():
     assert np.array_equal(a["states"][2], b["states"][0]) and np.array_equal(a["actions"][0], b["actions"][1])
 
 
+def test_stochastic_rollout_is_seeded_per_trajectory():
+    """action_noise samples the policy's own Gaussian from a generator of the trajectory's seed:
+    the same seed gives the same trajectory whatever the batch, and it differs from the mean policy."""
+    agent = Agent(untrained_model("halfcheetah").policy, None, {})
+    a = rollout(agent, "halfcheetah", [5, 5, 6], 40, n_envs=3, progress=False, action_noise=1.0)
+    b = rollout(agent, "halfcheetah", [6, 5], 40, n_envs=1, progress=False, action_noise=1.0)
+    det = rollout(agent, "halfcheetah", [5], 40, n_envs=1, progress=False)
+    assert np.array_equal(a["actions"][0], a["actions"][1]) and np.array_equal(a["states"][0], b["states"][1])
+    assert np.array_equal(a["states"][2], b["states"][0])
+    assert not np.allclose(a["actions"][0], det["actions"][0])
+    assert np.array_equal(a["states"][0, 0], det["states"][0, 0])  # same reset, other actions from step 0
+    with pytest.raises(ValueError, match="action_noise"):
+        rollout(agent, "halfcheetah", [5], 5, progress=False, action_noise=-1.0)
+
+
 # ------------------------------------------------------------------------------------ agents
 def test_hub_check_is_fast_and_overridable(monkeypatch):
     monkeypatch.setenv("FSB_OFFLINE", "1")

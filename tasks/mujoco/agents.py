@@ -76,8 +76,13 @@ class Agent:
     vecnorm: Any | None  # an SB3 VecNormalize (statistics only) or None
     record: dict[str, Any] = field(default_factory=dict)
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """Deterministic actions for a batch of raw observations ``(B, state_dim)``.
+    def act(self, obs: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """Actions for a batch of raw observations ``(B, state_dim)``.
+
+        Without ``noise``: the deterministic policy (the Gaussian's mean). With ``noise`` (standard
+        normal draws ``(B, action_dim)``, drawn by the caller from a per-trajectory generator): the
+        mean plus ``noise`` times the policy's own standard deviation, i.e. a sample from the
+        stochastic policy that depends only on the caller's generator.
 
         The policy runs on one row at a time: a batched matrix product rounds a row differently
         depending on the batch size and the row's position, and the chaotic dynamics amplify that
@@ -91,8 +96,15 @@ class Agent:
         with torch.no_grad():
             t = torch.as_tensor(x, dtype=torch.float32).reshape(-1, x.shape[-1])
             act = torch.cat([self.policy._predict(t[i:i + 1], deterministic=True) for i in range(len(t))])
+            act = act.numpy().reshape(len(t), -1)
+            if noise is not None:
+                log_std = getattr(self.policy, "log_std", None)
+                if log_std is None:
+                    raise ValueError("stochastic rollouts need a Gaussian policy (an SB3 policy with log_std)")
+                std = log_std.detach().exp().numpy().astype(np.float32)
+                act = act + np.asarray(noise, np.float32).reshape(act.shape) * std
         space = self.policy.action_space
-        return np.clip(act.numpy().reshape(len(t), *space.shape), space.low, space.high)
+        return np.clip(act.reshape(len(t), *space.shape), space.low, space.high)
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -32,7 +32,7 @@ CONF_FILE = REPO_ROOT / "conf" / "data" / "mujoco.yaml"
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 # The settings that decide the bytes of the data; a manifest made with others is refused.
-DATA_KEYS = ("n_traj", "steps", "shard_size", "seed")
+DATA_KEYS = ("n_traj", "steps", "shard_size", "seed", "action_noise")
 
 
 class DatasetError(RuntimeError):
@@ -83,7 +83,8 @@ def check_manifest(man: dict[str, Any], env: str, settings: dict[str, Any] | Non
     if man.get("format_version") != FORMAT_VERSION:
         raise DatasetError(f"{pathlib.Path(ddir) / MANIFEST} has format {man.get('format_version')}, expected {FORMAT_VERSION}")
     if settings is not None:
-        diff = {k: (man["config"].get(k), settings[k]) for k in DATA_KEYS if man["config"].get(k) != settings[k]}
+        # a manifest from before a key existed was made with its default (0: deterministic policy)
+        diff = {k: (man["config"].get(k, 0), settings[k]) for k in DATA_KEYS if man["config"].get(k, 0) != settings[k]}
         if diff:
             raise DatasetError(
                 f"{pathlib.Path(ddir) / MANIFEST} was made with other settings {{key: (manifest, requested)}} "
@@ -124,7 +125,10 @@ def _new_manifest(env: str, profile: str, settings: dict[str, Any], agent: Agent
         "profile": profile, "config": {k: settings[k] for k in settings},
         "agent": agent.record,
         "seeds": {"first": settings["seed"], "count": settings["n_traj"],
-                  "rule": "trajectory i is env.reset(seed=first + i), then the agent's deterministic policy"},
+                  "rule": ("trajectory i is env.reset(seed=first + i), then the agent's deterministic policy"
+                           if not settings["action_noise"] else
+                           f"trajectory i is env.reset(seed=first + i), then the agent's stochastic policy: mean + "
+                           f"{settings['action_noise']:g} x its std x N(0, 1) from numpy default_rng([first + i, 0x5EED])")},
         "n_traj": settings["n_traj"], "steps": T, "n_shards": n_shards,
         "state_dim": spec.state_dim, "action_dim": spec.action_dim,
         "arrays": {
@@ -203,7 +207,7 @@ def make_dataset(env: str, profile: str = "smoke", *, root=None, agent_path: str
         lo, hi = k * S, min((k + 1) * S, N)
         seeds = list(range(seed0 + lo, seed0 + hi))
         out = rollout(agent, env, seeds, T, n_envs=settings["n_envs"], progress=progress,
-                      desc=f"{spec.env_id} shard {i + 1}/{len(todo)}")
+                      desc=f"{spec.env_id} shard {i + 1}/{len(todo)}", action_noise=settings["action_noise"])
         tmp = p.with_name(p.stem + ".tmp.npz")
         np.savez(tmp, **out)
         os.replace(tmp, p)

@@ -148,6 +148,38 @@ def _settings(cfg: DictConfig, task, task_name: str) -> dict[str, Any]:
     return {"steps": steps, "batch_size": bs, "optimizer": opt, "eval_every": every}
 
 
+def config_fingerprint(cfg: DictConfig, task_name: str) -> str:
+    """A hash of everything in the config that decides a run's numbers: the model, the task, the
+    optimizer, seed, dtype, steps, batch, evaluation size and this task's profile sizes. Not the
+    device, threads, progress bars or output folders. A record made with another fingerprint is
+    stale (someone changed a YAML file or the profile since), so it is not reused."""
+    import hashlib
+    import json
+
+    prof = cfg.profile
+    keys = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "task": OmegaConf.to_container(cfg.task, resolve=True),
+        "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
+        "seed": cfg.seed, "dtype": cfg.dtype, "steps": cfg.steps, "batch_size": cfg.batch_size,
+        "eval_every": cfg.eval_every, "eval_size": cfg.eval_size, "diverge_loss": cfg.diverge_loss,
+        "profile_steps": prof.steps.get(task_name) if prof.get("steps") else None,
+        "profile_batch_size": prof.batch_size.get(task_name) if prof.get("batch_size") else None,
+        "curve_points": prof.get("curve_points"),
+    }
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _set_aside(out: pathlib.Path, why: str) -> None:
+    """Rename a stale run's files (record, curve, weights, checkpoint) so nothing finished is lost."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in ("record.json", "curve.csv", "model.pt", "checkpoint.pt"):
+        f = out / name
+        if f.exists():
+            f.replace(out / f"{f.stem}.stale-{stamp}{f.suffix}")
+    print(f"[stale] {out}: {why}; its files are kept as *.stale-{stamp}.*, running it again", file=sys.stderr)
+
+
 def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = None) -> float:
     """Train one run (or skip it if its record exists); return its primary metric.
 
@@ -156,12 +188,15 @@ def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = 
     task_name = task_name or _choice("task", cfg)
     out = run_dir(cfg, model_name, task_name)
     record_path = out / "record.json"
+    fingerprint = config_fingerprint(cfg, task_name)
     if record_path.exists() and not cfg.force:
         import json
 
         rec = json.loads(record_path.read_text())
-        print(f"[skip] {out} has a record (status {rec.get('status')}); force=true reruns it", file=sys.stderr)
-        return float(rec.get("primary_value", float("nan")))
+        if rec.get("config_fingerprint", fingerprint) == fingerprint:
+            print(f"[skip] {out} has a record (status {rec.get('status')}); force=true reruns it", file=sys.stderr)
+            return float(rec.get("primary_value", float("nan")))
+        _set_aside(out, "its record was made with another config (the model, task, optimizer or profile sizes changed)")
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -182,6 +217,12 @@ def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = 
     ckpt_path = out / "checkpoint.pt"
     if cfg.checkpoint_every and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck.get("config_fingerprint", fingerprint) != fingerprint:
+            _set_aside(out, "its checkpoint was made with another config")
+            ck = None
+    else:
+        ck = None
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         gen.set_state(ck["generator"])
@@ -234,7 +275,7 @@ def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = 
                 tmp = ckpt_path.with_suffix(".tmp")
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                             "generator": gen.get_state(), "curve": curve, "step": step + 1,
-                            "elapsed": time.perf_counter() - t0}, tmp)
+                            "elapsed": time.perf_counter() - t0, "config_fingerprint": fingerprint}, tmp)
                 tmp.replace(ckpt_path)
     finally:
         if bar is not None:
@@ -270,6 +311,7 @@ def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = 
         "dtype": cfg.dtype,
         "task_info": task.describe(),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "config_fingerprint": fingerprint,
         "run_dir": str(out),
     }
     atomic_write_csv(out / "curve.csv", curve)

@@ -68,6 +68,23 @@ def test_multirun_resumes_and_reports(tmp_path):
     assert (tmp_path / "results" / "fig4_induction_heads" / "smoke" / "records.jsonl").read_text().count("\n") == 4
 
 
+def test_record_of_another_config_is_not_reused(tmp_path):
+    """A record made before the profile (or a YAML file) changed is set aside and the run made again."""
+    one = ["experiment=fig4_induction_heads", "model=stu_t", "seed=0", "eval_size=16", "batch_size=8"]
+    train(tmp_path, *one, "profile.steps.induction_heads=3")
+    (rec,) = records(tmp_path)
+    first = json.loads(rec.read_text())
+    assert first["steps_done"] == 3 and len(first["config_fingerprint"]) == 16
+    p = train(tmp_path, *one, "profile.steps.induction_heads=5")  # same folder, other sizes
+    assert "[stale]" in p.stderr and "[skip]" not in p.stderr
+    assert json.loads(rec.read_text())["steps_done"] == 5
+    stale = sorted(rec.parent.glob("record.stale-*.json"))
+    assert len(stale) == 1 and json.loads(stale[0].read_text())["steps_done"] == 3  # nothing finished is lost
+    assert records(tmp_path) == [rec]  # the report reads only the current record
+    p = train(tmp_path, *one, "profile.steps.induction_heads=5", "checkpoint_every=100")  # not a result setting
+    assert "[skip]" in p.stderr
+
+
 def test_diverging_run_is_recorded_and_sweep_goes_on(tmp_path):
     train(tmp_path, "-m", "task=lds", "model=stu,s4d", "steps=5", "optimizer.lr=1e12", "diverge_loss=1e3",
           "eval_size=8", "batch_size=4")

@@ -324,8 +324,11 @@ def plot_dataset(ddir: pathlib.Path, man: dict[str, Any], n_traj: int = 3) -> pa
     axes[-1].hist(rets, bins=min(30, max(5, len(rets) // 3)))
     axes[-1].set_title(f"returns over {man['steps']} steps (n={len(rets)})", fontsize=9)
     a = man["agent"]
+    noise = man["config"].get("action_noise", 0)
+    policy = f"stochastic policy (action_noise {noise:g})" if noise else "deterministic policy"
     fig.suptitle(f"{man['env_id']} [{man['profile']}] agent: {a.get('source')} "
-                 f"(eval mean return {a.get('mean_return', float('nan')):.0f})", fontsize=10)
+                 f"(eval mean return {a.get('mean_return', float('nan')):.0f}, deterministic); data: {policy}",
+                 fontsize=10)
     fig.tight_layout()
     out = ddir / "plot.png"
     fig.savefig(out, dpi=90)

@@ -148,25 +148,21 @@ def _settings(cfg: DictConfig, task, task_name: str) -> dict[str, Any]:
     return {"steps": steps, "batch_size": bs, "optimizer": opt, "eval_every": every}
 
 
-def config_fingerprint(cfg: DictConfig, task_name: str) -> str:
-    """A hash of everything in the config that decides a run's numbers: the model, the task, the
-    optimizer, seed, dtype, steps, batch, evaluation size and this task's profile sizes. Not the
-    device, threads, progress bars or output folders. A record made with another fingerprint is
-    stale (someone changed a YAML file or the profile since), so it is not reused."""
+def config_fingerprint(conf: dict[str, Any], task_name: str) -> str:
+    """A hash of everything in a resolved config (``OmegaConf.to_container(cfg, resolve=True)``, as
+    stored in every record) that decides a run's numbers: the model, the task, the optimizer, seed,
+    dtype, steps, batch, evaluation settings and this task's profile sizes. Not the device,
+    threads, progress bars or output folders. A record whose config gives another fingerprint is
+    stale (a YAML file or the profile changed since), so it is not reused."""
     import hashlib
     import json
 
-    prof = cfg.profile
-    keys = {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "task": OmegaConf.to_container(cfg.task, resolve=True),
-        "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
-        "seed": cfg.seed, "dtype": cfg.dtype, "steps": cfg.steps, "batch_size": cfg.batch_size,
-        "eval_every": cfg.eval_every, "eval_size": cfg.eval_size, "diverge_loss": cfg.diverge_loss,
-        "profile_steps": prof.steps.get(task_name) if prof.get("steps") else None,
-        "profile_batch_size": prof.batch_size.get(task_name) if prof.get("batch_size") else None,
-        "curve_points": prof.get("curve_points"),
-    }
+    prof = conf.get("profile") or {}
+    keys = {k: conf.get(k) for k in ("model", "task", "optimizer", "seed", "dtype", "steps", "batch_size",
+                                     "eval_every", "eval_size", "diverge_loss")}
+    keys.update({"profile_steps": (prof.get("steps") or {}).get(task_name),
+                 "profile_batch_size": (prof.get("batch_size") or {}).get(task_name),
+                 "curve_points": prof.get("curve_points")})
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -188,12 +184,12 @@ def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = 
     task_name = task_name or _choice("task", cfg)
     out = run_dir(cfg, model_name, task_name)
     record_path = out / "record.json"
-    fingerprint = config_fingerprint(cfg, task_name)
+    fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=True), task_name)
     if record_path.exists() and not cfg.force:
         import json
 
         rec = json.loads(record_path.read_text())
-        if rec.get("config_fingerprint", fingerprint) == fingerprint:
+        if config_fingerprint(rec.get("config") or {}, task_name) == fingerprint:
             print(f"[skip] {out} has a record (status {rec.get('status')}); force=true reruns it", file=sys.stderr)
             return float(rec.get("primary_value", float("nan")))
         _set_aside(out, "its record was made with another config (the model, task, optimizer or profile sizes changed)")

@@ -120,3 +120,12 @@ reproduce-robotics: reproduce-table1 reproduce-table2 reproduce-table6 reproduce
 reproduce-fig3: $(STAMP)  ## Figures 3 and 13: loss landscape and curvature after 10 LDS steps
 	$(PY) -m benchmarks.landscape profile=$(PROFILE) $(ARGS)
 reproduce-fig13: reproduce-fig3
+
+.PHONY: reproduce-fig24
+reproduce-fig24: $(STAMP)  ## Figure 24: Hessian-ratio heat maps of the robotics models (width 128, 4 layers) on Ant-v1
+	$(MAKE_DATA)ant
+	$(PY) -m benchmarks.landscape figure=fig24 profile=$(PROFILE) $(ARGS)
+
+.PHONY: reproduce-fig12
+reproduce-fig12: $(STAMP)  ## Figure 12: the first 20 spectral filters (L=512; FIG12_ARGS="--seq-len 1000 --variant hankel_L")
+	$(PY) -m benchmarks.filters $(FIG12_ARGS)

@@ -1,9 +1,12 @@
-"""Loss landscapes (Figure 3) and Hessian eigenvalue ratios (Figure 13) on the LDS task.
+"""Loss landscapes (Figure 3) and Hessian eigenvalue ratios (Figures 13 and 24).
 
-    python -m benchmarks.landscape profile=smoke            # or: make reproduce-fig3
+    python -m benchmarks.landscape profile=smoke            # or: make reproduce-fig3 (Figures 3, 13)
     python -m benchmarks.landscape profile=paper models=[stu,stu_t,s4d,mamba2,transformer]
+    python -m benchmarks.landscape figure=fig24 profile=smoke   # or: make reproduce-fig24 (Ant-v1)
 
-For each model: train ``train_steps`` steps of the Figure 2 setup (RMSProp on a random LDS), pick
+``figure=`` (``conf/figure/*.yaml``) chooses the task, models, sizes and output names. For each
+model: train ``train_steps`` steps with the task's default optimizer (Figure 3: RMSProp on a random
+LDS, the Figure 2 setup; Figure 24: AdamW on Ant-v1), pick
 two random directions d1, d2 in parameter space, filter-normalised as in Li et al. (2018) (each
 row of each weight matrix rescaled to the norm of the same row of the trained weights; biases and
 vectors are left at zero), and evaluate the loss of theta + x d1 + y d2 on a fixed batch over a
@@ -11,9 +14,10 @@ vectors are left at zero), and evaluate the loss of theta + x d1 + y d2 on a fix
 plane, [d_i^T H d_j], from exact Hessian-vector products, and its eigenvalue ratio
 |lambda_min / lambda_max| (1: round, 0: elongated; Figure 13).
 
-Writes ``results/landscape/<profile>/landscape.csv`` (model, x, y, loss, hess_ratio),
-``record.json`` (config, commit, versions, device, backends) and ``plots/fig3_landscape_<profile>.png``,
-``plots/fig13_hessian_<profile>.png``.
+Writes ``<out_results>/<profile>/landscape.csv`` (model, x, y, loss, hess_ratio), ``record.json``
+(config, commit, versions, device, backends) and ``plots/<files.surface>_<profile>.png``,
+``plots/<files.hessian>_<profile>.png`` (Figure 3: ``results/landscape/``, ``fig3_landscape``,
+``fig13_hessian``; Figure 24: ``results/landscape_fig24/``, ``fig24_landscape``, ``fig24_hessian``).
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 import models
 from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions
 from benchmarks.report import LABELS
+from benchmarks.train import make_optimizer
 
 CONF_DIR = str(pathlib.Path(__file__).resolve().parent.parent / "conf")
 
@@ -80,8 +85,7 @@ def landscape(model_name: str, cfg: DictConfig):
     torch.manual_seed(cfg.seed)
     task = instantiate(cfg.task, _convert_="all")
     model = models.build_model(model_name, **task.model_shapes(), **OmegaConf.to_container(cfg.model_overrides))
-    opt = torch.optim.RMSprop(models.param_groups(model, lr=task.default_optimizer.get("lr", 1e-3)),
-                              lr=task.default_optimizer.get("lr", 1e-3))
+    opt = make_optimizer(model, dict(task.default_optimizer))
     gen = torch.Generator().manual_seed(cfg.seed)
     for step in range(cfg.train_steps):
         b = task.train_batch(step, cfg.batch_size, gen)
@@ -112,7 +116,11 @@ def landscape(model_name: str, cfg: DictConfig):
     return rows, models.backends(model), models.count_params(model)
 
 
-def plot(rows, names, out_plots: pathlib.Path, profile: str, hessian: bool) -> list[pathlib.Path]:
+def plot(rows, names, out_plots: pathlib.Path, profile: str, hessian: bool, files: dict | None = None,
+         titles: dict | None = None) -> list[pathlib.Path]:
+    files = files or {"surface": "fig3_landscape", "hessian": "fig13_hessian"}
+    titles = titles or {"surface": "Figure 3: LDS loss landscapes after a few training steps",
+                        "hessian": "Figure 13: Hessian eigenvalue ratio in the plane, loss contours"}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,9 +147,9 @@ def plot(rows, names, out_plots: pathlib.Path, profile: str, hessian: bool) -> l
         ax.set_ylabel("y step", fontsize=7)
         ax.set_zlabel("log10 loss", fontsize=7)
         ax.tick_params(labelsize=6)
-    fig.suptitle(f"Figure 3: LDS loss landscapes after a few training steps ({profile} profile)", fontsize=10)
+    fig.suptitle(f"{titles['surface']} ({profile} profile)", fontsize=10)
     fig.tight_layout()
-    p = out_plots / f"fig3_landscape_{profile}.png"
+    p = out_plots / f"{files['surface']}_{profile}.png"
     fig.savefig(p)
     plt.close(fig)
     paths.append(p)
@@ -156,8 +164,8 @@ def plot(rows, names, out_plots: pathlib.Path, profile: str, hessian: bool) -> l
             ax.set_xlabel("x step", fontsize=8)
         axes[0][0].set_ylabel("y step", fontsize=8)
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="|λmin / λmax|")
-        fig.suptitle(f"Figure 13: Hessian eigenvalue ratio in the plane, loss contours ({profile})", fontsize=10)
-        p = out_plots / f"fig13_hessian_{profile}.png"
+        fig.suptitle(f"{titles['hessian']} ({profile} profile)", fontsize=10)
+        p = out_plots / f"{files['hessian']}_{profile}.png"
         fig.savefig(p)
         plt.close(fig)
         paths.append(p)
@@ -183,7 +191,8 @@ def run(cfg: DictConfig) -> dict:
         rows += r
         info[name] = {"backends": backend, "params": params, "wall_time_s": round(time.perf_counter() - t, 2)}
     atomic_write_csv(out_results / "landscape.csv", rows)
-    plots = plot(rows, names, out_plots, profile, bool(cfg.hessian))
+    plots = plot(rows, names, out_plots, profile, bool(cfg.hessian), OmegaConf.to_container(cfg.files),
+                 OmegaConf.to_container(cfg.titles))
     summary = {}
     for name in names:
         r = [row for row in rows if row["model"] == name]

@@ -26,7 +26,6 @@ import pathlib
 import sys
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
@@ -182,9 +181,16 @@ def plot(curves: pd.DataFrame, rep: dict, path: pathlib.Path, title: str) -> Non
         ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("training step")
     ax.set_ylabel(metric.replace("eval_", "evaluation ").replace("_", " "))
+    finish_plot(fig, ax, title, path)
+
+
+def finish_plot(fig, ax, title: str, path: pathlib.Path, legend_cols: int = 1) -> None:
+    """Title, grid and legend in the suite's style; write the PNG (making its folder) and close."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8 if legend_cols == 1 else 7, frameon=False, ncol=legend_cols)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -219,7 +225,7 @@ def write_summary(experiment: str, runs: pd.DataFrame, summary: pd.DataFrame, cl
     if thr is not None:
         lines += ["", f"'Solved' means final {metric} {'>=' if 'solved_above' in rep else '<='} {thr}."]
     if rep.get("claim"):
-        lines += ["", f"## The paper's claim", "", f"> {rep['claim']}", ""]
+        lines += ["", "## The paper's claim", "", f"> {rep['claim']}", ""]
     if claims:
         lines += ["| check | at this size | evidence |", "|---|---|---|"]
         for text, holds, ev in claims:

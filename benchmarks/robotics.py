@@ -350,7 +350,7 @@ def _plt():
 
 
 def plot_prediction_losses(per_model: dict[str, dict[str, np.ndarray]], key: str, title: str, path: pathlib.Path) -> None:
-    from benchmarks.report import COLORS
+    from benchmarks.report import COLORS, finish_plot
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
@@ -362,13 +362,7 @@ def plot_prediction_losses(per_model: dict[str, dict[str, np.ndarray]], key: str
     ax.set_yscale("log")
     ax.set_xlabel("prediction step (time step t0 + k of the validation trajectories)")
     ax.set_ylabel("loss 1/2 ||x^ - x||^2 (normalised states)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    finish_plot(fig, ax, title, path)
 
 
 def plot_feature(per_model: dict[str, dict[str, np.ndarray]], index: int, title: str, ylabel: str,
@@ -398,6 +392,8 @@ def plot_feature(per_model: dict[str, dict[str, np.ndarray]], index: int, title:
 
 
 def plot_ablation_curves(curves, runs, title: str, path: pathlib.Path) -> None:
+    from benchmarks.report import finish_plot
+
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
     cmap = plt.get_cmap("tab10")
@@ -411,13 +407,7 @@ def plot_ablation_curves(curves, runs, title: str, path: pathlib.Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("validation loss")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, frameon=False, ncol=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    finish_plot(fig, ax, title, path, legend_cols=2)
 
 
 # ------------------------------------------------------------------------- Tables II, VI, VII

@@ -212,3 +212,26 @@ def test_make_reproduce_table2_on_tiny_data(tmp_path, tiny_task):
     assert set(pred["model"]) == set(robotics.ROBOTICS_MODELS) and pred["k"].max() == 20
     runs = sorted((tmp_path / "runs").rglob("record.json"))
     assert len(runs) == 4 and all((r.parent / "model.pt").exists() for r in runs)
+
+
+def test_figure24_landscape_on_tiny_ant_data(tiny_task, tmp_path, monkeypatch):
+    """figure=fig24 composes the Ant task and the robotics models at width 128 / depth 4 and writes the
+    Hessian-ratio heat maps under their own names (not Figure 3's)."""
+    from hydra import compose, initialize_config_dir
+
+    from benchmarks import landscape as L
+
+    _, data_dir = tiny_task
+    monkeypatch.setenv("FSB_DATA", str(data_dir))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("landscape", overrides=[
+            "figure=fig24", "models=[robotics_stu_t,robotics_transformer]", "grid=2", "train_steps=2", "batch_size=2",
+            "profile.mujoco_context=16", "task.val_fraction=0.34", f"out_results={tmp_path}/res",
+            f"out_plots={tmp_path}/plots"])
+    assert cfg.model_overrides.width == 128 and cfg.model_overrides.depth == 4
+    assert "mlp" not in cfg.model_overrides  # Figure 3's one-layer overrides do not leak in
+    rec = L.run(cfg)
+    assert set(rec["models"]) == {"robotics_stu_t", "robotics_transformer"}
+    assert (tmp_path / "plots" / "fig24_hessian_smoke.png").stat().st_size > 5000
+    assert not (tmp_path / "plots" / "fig13_hessian_smoke.png").exists()
+    assert (tmp_path / "res" / "smoke" / "landscape.csv").exists()

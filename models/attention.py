@@ -2,9 +2,13 @@
 
 Paths (the one used is in ``self.backend``):
   * ``flash_attn``: flash-attn's kernel, on CUDA when importable (RoPE/none, window; softcap too);
+  * ``local``: sliding-window attention computed block by block (:func:`local_attention`): each
+    block of ``window`` queries scores only its own and the previous block of keys, so time and
+    memory grow as L x window instead of L^2; handles the logit softcap and ALiBi; used for a window
+    shorter than half the sequence when flash-attn is not there (``blocked="auto"``);
   * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (causal or with a window mask);
-  * ``math``: explicit softmax(QK^T/sqrt(d) [+ bias]) V, needed for the logit softcap
-    (softcap * tanh(scores / softcap), paper section IV uses 50) and used as the test reference.
+  * ``math``: explicit softmax(QK^T/sqrt(d) [+ bias]) V, needed for the logit softcap without a
+    window (softcap * tanh(scores / softcap), paper section IV uses 50) and used as the test reference.
 """
 from __future__ import annotations
 
@@ -66,6 +70,36 @@ def reference_attention(q, k, v, window=None, softcap=None, bias=None):
     return torch.softmax(scores, dim=-1) @ v
 
 
+def local_attention(q, k, v, window: int, softcap=None, slopes=None):
+    """Causal sliding-window attention (B, H, L, Dh) -> (B, H, L, Dh), query i seeing keys
+    i - window < j <= i, equal to :func:`reference_attention` with that window (and softcap, and the
+    ALiBi bias ``slopes[h] * (j - i)`` when ``slopes`` is given), in O(L x window) time and memory.
+
+    The sequence is cut into blocks of ``window`` positions; the keys any query of block b may see
+    lie in blocks b - 1 and b, so each block scores a (window x 2 window) tile."""
+    B, H, L, D = q.shape
+    w = int(window)
+    nb = -(-L // w)
+    pad = nb * w - L
+    qb = F.pad(q, (0, 0, 0, pad)).view(B, H, nb, w, D)
+    # keys/values with one block of zeros in front: block b's tile is rows [b w, b w + 2 w) of these
+    kp, vp = F.pad(k, (0, 0, w, pad)), F.pad(v, (0, 0, w, pad))
+    kb = kp.unfold(2, 2 * w, w).transpose(-1, -2)  # (B, H, nb, 2w, D)
+    vb = vp.unfold(2, 2 * w, w).transpose(-1, -2)
+    scores = qb @ kb.transpose(-1, -2) / math.sqrt(D)  # (B, H, nb, w, 2w)
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
+    blk = torch.arange(nb, device=q.device)[:, None, None]
+    qpos = blk * w + torch.arange(w, device=q.device)[None, :, None]  # (nb, w, 1)
+    kpos = blk * w - w + torch.arange(2 * w, device=q.device)[None, None, :]  # (nb, 1, 2w)
+    if slopes is not None:
+        scores = scores + slopes.to(scores.dtype)[:, None, None, None] * (kpos - qpos).to(scores.dtype)
+    allowed = (kpos <= qpos) & (qpos - kpos < w) & (kpos >= 0)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    y = torch.softmax(scores, dim=-1) @ vb  # (B, H, nb, w, D)
+    return y.reshape(B, H, nb * w, D)[:, :, :L]
+
+
 def _flash_attn():
     try:
         from flash_attn import flash_attn_func  # type: ignore
@@ -86,6 +120,7 @@ class Attention(nn.Module):
         softcap: float | None = None,
         use_flash_attn: bool = True,
         bias: bool = False,
+        blocked: bool | str = "auto",  # sliding window block by block: auto (window < L/2), true, false
     ):
         super().__init__()
         if position not in ("rope", "alibi", "none"):
@@ -103,6 +138,9 @@ class Attention(nn.Module):
         self.window = int(window) if window else None
         self.softcap = softcap
         self.use_flash_attn = use_flash_attn
+        if blocked not in (True, False, "auto"):
+            raise ValueError(f"blocked must be true, false or auto, got {blocked!r}")
+        self.blocked = blocked
         self.qkv = nn.Linear(width, 3 * width, bias=bias)
         self.out = nn.Linear(width, width, bias=bias)
         if position == "alibi":
@@ -135,6 +173,10 @@ class Attention(nn.Module):
             win = (self.window - 1, 0) if self.window else (-1, -1)
             y = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
                       window_size=win, softcap=self.softcap or 0.0).transpose(1, 2)
+        elif self.window and (self.blocked is True or (self.blocked == "auto" and 2 * self.window < L)):
+            self.backend = "attention=local"
+            y = local_attention(q, k, v, min(self.window, L), self.softcap,
+                                self.slopes if self.position == "alibi" else None)
         elif self.softcap:
             self.backend = "attention=math"
             y = reference_attention(q, k, v, self.window, self.softcap, self._alibi_bias(L, x.dtype, x.device))

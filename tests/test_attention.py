@@ -2,14 +2,16 @@
 import pytest
 import torch
 
-from models.attention import Attention, apply_rope, attention_mask, reference_attention, rope_cache
+from models.attention import (Attention, alibi_slopes, apply_rope, attention_mask, local_attention,
+                              reference_attention, rope_cache)
 
 
 @pytest.mark.parametrize("position", ["rope", "alibi", "none"])
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("softcap", [None, 2.0])
-def test_attention_equals_explicit_softmax(position, window, softcap):
-    att = Attention(16, 40, num_heads=4, position=position, window=window, softcap=softcap).double()
+@pytest.mark.parametrize("blocked", ["auto", False])
+def test_attention_equals_explicit_softmax(position, window, softcap, blocked):
+    att = Attention(16, 40, num_heads=4, position=position, window=window, softcap=softcap, blocked=blocked).double()
     x = torch.randn(2, 33, 16, dtype=torch.float64)
     y = att(x)
     q, k, v = att._qkv(x)
@@ -17,6 +19,26 @@ def test_attention_equals_explicit_softmax(position, window, softcap):
     ref = reference_attention(q, k, v, window, softcap, bias)
     ref = att.out(ref.transpose(1, 2).reshape(2, 33, 16))
     assert torch.allclose(y, ref, atol=1e-10)
+    assert att.backend == ("attention=local" if window and blocked == "auto" else
+                           "attention=math" if softcap else "attention=sdpa")
+
+
+@pytest.mark.parametrize("L", [1, 7, 8, 9, 31, 64])
+@pytest.mark.parametrize("window", [1, 3, 8])
+def test_local_attention_equals_reference(L, window):
+    """Block-by-block sliding-window attention is the windowed softmax, at lengths that are and are
+    not multiples of the window, with the softcap and ALiBi bias, and its gradients agree too."""
+    q, k, v = (torch.randn(2, 3, L, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    slopes = alibi_slopes(3)
+    pos = torch.arange(L, dtype=torch.float64)
+    bias = slopes[:, None, None] * (pos[None, :] - pos[:, None])[None]
+    for cap, sl, b in ((None, None, None), (2.0, slopes, bias)):
+        out = local_attention(q, k, v, window, cap, sl)
+        ref = reference_attention(q, k, v, window, cap, b)
+        assert torch.allclose(out, ref, atol=1e-12)
+        g = torch.autograd.grad(out.square().sum(), (q, k, v))
+        gr = torch.autograd.grad(ref.square().sum(), (q, k, v))
+        assert all(torch.allclose(a, c, atol=1e-10) for a, c in zip(g, gr))
 
 
 def test_reference_attention_is_the_textbook_formula():

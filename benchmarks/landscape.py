@@ -154,7 +154,7 @@ def plot(rows, names, out_plots: pathlib.Path, profile: str, hessian: bool, file
     plt.close(fig)
     paths.append(p)
     if hessian:
-        fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.2), dpi=140, squeeze=False)
+        fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 1.0, 3.6), dpi=140, squeeze=False, constrained_layout=True)
         for ax, name in zip(axes[0], names):
             xs, Z, R = grids[name]
             im = ax.imshow(R, origin="lower", extent=(xs[0], xs[-1], xs[0], xs[-1]), cmap="coolwarm",

@@ -620,7 +620,7 @@ def table1(profile: str, runs_root: pathlib.Path, results: pathlib.Path, overrid
              f"3 warm-up steps, batch {bs} x window {context} x 37 input features (Ant-v1), float32. The paper's times "
              "are from its own (GPU) hardware and sizes, given for reference only.",
              "- Params (ours): the models of `conf/model/robotics_*.yaml` built for Ant-v1 (37 inputs, 29 outputs). "
-             "MLP scale s is read as a SwiGLU hidden size of s x width / 4 (see benchmarks/ROBOTICS.md). "
+             "MLP scale s is read as a SwiGLU hidden size of s x width / 4 (see the README, section Robotics). "
              "Paper columns come from `benchmarks/paper_tables.yaml` (references).",
              f"- Raw timings: `{_rel(results / 'table1' / profile / 'timing.json', results)}`."]
     md = ["# Table I: model specifications for the Ant-v1 task", ""] + notes + [""] + _md_table(header, rows)

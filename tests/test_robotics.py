@@ -22,7 +22,7 @@ from benchmarks import robotics
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# Our parameter counts for Ant-v1 (37 inputs, 29 outputs); the README / benchmarks/ROBOTICS.md table.
+# Our parameter counts for Ant-v1 (37 inputs, 29 outputs); the README's robotics table.
 EXPECTED_PARAMS = {"robotics_stu": 541_853, "robotics_stu_t": 552_989, "robotics_transformer": 514_333,
                    "robotics_mamba2": 488_525}
 TINY = {"n_traj": 6, "steps": 40, "shard_size": 3, "n_envs": 2, "seed": 0, "agent_timesteps": 128,
@@ -30,12 +30,9 @@ TINY = {"n_traj": 6, "steps": 40, "shard_size": 3, "n_envs": 2, "seed": 0, "agen
 
 
 def _doc_rows(name: str) -> list[str]:
-    """Table rows naming ``name`` in the robotics docs (README.md once merged, benchmarks/ROBOTICS.md)."""
-    rows = []
-    for doc in (ROOT / "README.md", ROOT / "benchmarks" / "ROBOTICS.md"):
-        if doc.exists():
-            rows += [line for line in doc.read_text().splitlines() if f"`{name}`" in line and line.startswith("|")]
-    return rows
+    """Table rows of the README that name ``name``."""
+    text = (ROOT / "README.md").read_text()
+    return [line for line in text.splitlines() if f"`{name}`" in line and line.startswith("|")]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))

@@ -160,6 +160,8 @@ def config_fingerprint(conf: dict[str, Any], task_name: str) -> str:
     prof = conf.get("profile") or {}
     keys = {k: conf.get(k) for k in ("model", "task", "optimizer", "seed", "dtype", "steps", "batch_size",
                                      "eval_every", "eval_size", "diverge_loss")}
+    if isinstance(keys["task"], dict):  # the task's own progress bars do not change its numbers
+        keys["task"] = {k: v for k, v in keys["task"].items() if k != "progress"}
     keys.update({"profile_steps": (prof.get("steps") or {}).get(task_name),
                  "profile_batch_size": (prof.get("batch_size") or {}).get(task_name),
                  "curve_points": prof.get("curve_points")})

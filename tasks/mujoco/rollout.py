@@ -1,4 +1,4 @@
-"""Deterministic rollouts: one trajectory per seed, ``T`` steps, states and actions recorded.
+"""Rollouts: one trajectory per seed, ``T`` steps, states and actions recorded.
 
 Trajectory ``i`` resets its environment with ``seed_i`` and then follows the agent's deterministic
 policy (``action_noise=0``, the default), or samples its stochastic policy (``action_noise=s``: mean

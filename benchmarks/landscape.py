@@ -116,11 +116,10 @@ def landscape(model_name: str, cfg: DictConfig):
     return rows, models.backends(model), models.count_params(model)
 
 
-def plot(rows, names, out_plots: pathlib.Path, profile: str, hessian: bool, files: dict | None = None,
-         titles: dict | None = None) -> list[pathlib.Path]:
-    files = files or {"surface": "fig3_landscape", "hessian": "fig13_hessian"}
-    titles = titles or {"surface": "Figure 3: LDS loss landscapes after a few training steps",
-                        "hessian": "Figure 13: Hessian eigenvalue ratio in the plane, loss contours"}
+def plot(rows, names, out_plots: pathlib.Path, profile: str, hessian: bool, files: dict,
+         titles: dict) -> list[pathlib.Path]:
+    """The surfaces and (with ``hessian``) the ratio heat maps; ``files`` / ``titles`` (keys
+    ``surface``, ``hessian``) come from the figure's config (``conf/figure/*.yaml``)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -350,3 +350,18 @@ def test_make_data_cli_smoke_end_to_end(offline):
     man = json.loads((ddir / "manifest.json").read_text())
     assert man["complete"] and man["n_traj"] == 32 and man["steps"] == 1000 and (ddir / "plot.png").is_file()
     assert len(list(ddir.glob("shard_*.npz"))) == man["n_shards"]
+
+
+def test_committed_paper_ant_agent_loads_and_acts():
+    """The 1M-step Ant agent committed under results/ (the paper profile's offline agent) stays
+    loadable with its VecNormalize statistics and acts deterministically."""
+    from tasks.mujoco.agents import load_sb3_agent
+    from tasks.mujoco.envs import robot
+
+    base = pathlib.Path(__file__).resolve().parent.parent / "results" / "mujoco_data" / "ant" / "paper" / "agent" / "ppo-seals-Ant-v1_t1000000_s0"
+    agent = load_sb3_agent(base.with_suffix(".zip"), robot("ant"), base.with_name(base.name + "_vecnormalize.pkl"))
+    rec = json.loads(base.with_suffix(".json").read_text())
+    assert rec["timesteps"] == 1_000_000 and rec["mean_return"] > 2000
+    obs, _ = make_env("ant").reset(seed=0)
+    a1, a2 = agent.act(obs[None]), agent.act(obs[None])
+    assert a1.shape == (1, 8) and np.array_equal(a1, a2) and np.all(np.abs(a1) <= 1.0)

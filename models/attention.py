@@ -48,22 +48,30 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     return torch.tensor(s, dtype=torch.float64)
 
 
-def attention_mask(L: int, window: int | None, device) -> torch.Tensor:
-    """Boolean (L, L) mask, True where query i may attend key j: j <= i and i - j < window."""
-    i = torch.arange(L, device=device)[:, None]
-    j = torch.arange(L, device=device)[None, :]
+def _allowed(i: torch.Tensor, j: torch.Tensor, window: int | None) -> torch.Tensor:
+    """True where query position i may attend key position j: j <= i and i - j < window."""
     allowed = j <= i
     if window:
         allowed = allowed & (i - j < window)
     return allowed
 
 
+def _scores(q, k, softcap=None):
+    """Scaled dot products q k^T / sqrt(Dh), logit-capped as softcap * tanh(. / softcap)."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    return softcap * torch.tanh(scores / softcap) if softcap else scores
+
+
+def attention_mask(L: int, window: int | None, device) -> torch.Tensor:
+    """Boolean (L, L) mask, True where query i may attend key j: j <= i and i - j < window."""
+    pos = torch.arange(L, device=device)
+    return _allowed(pos[:, None], pos[None, :], window)
+
+
 def reference_attention(q, k, v, window=None, softcap=None, bias=None):
     """Explicit softmax attention (B, H, L, Dh) -> (B, H, L, Dh)."""
     L = q.shape[-2]
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if softcap:
-        scores = softcap * torch.tanh(scores / softcap)
+    scores = _scores(q, k, softcap)
     if bias is not None:
         scores = scores + bias
     scores = scores.masked_fill(~attention_mask(L, window, q.device), float("-inf"))
@@ -86,15 +94,13 @@ def local_attention(q, k, v, window: int, softcap=None, slopes=None):
     kp, vp = F.pad(k, (0, 0, w, pad)), F.pad(v, (0, 0, w, pad))
     kb = kp.unfold(2, 2 * w, w).transpose(-1, -2)  # (B, H, nb, 2w, D)
     vb = vp.unfold(2, 2 * w, w).transpose(-1, -2)
-    scores = qb @ kb.transpose(-1, -2) / math.sqrt(D)  # (B, H, nb, w, 2w)
-    if softcap:
-        scores = softcap * torch.tanh(scores / softcap)
+    scores = _scores(qb, kb, softcap)  # (B, H, nb, w, 2w)
     blk = torch.arange(nb, device=q.device)[:, None, None]
     qpos = blk * w + torch.arange(w, device=q.device)[None, :, None]  # (nb, w, 1)
     kpos = blk * w - w + torch.arange(2 * w, device=q.device)[None, None, :]  # (nb, 1, 2w)
     if slopes is not None:
         scores = scores + slopes.to(scores.dtype)[:, None, None, None] * (kpos - qpos).to(scores.dtype)
-    allowed = (kpos <= qpos) & (qpos - kpos < w) & (kpos >= 0)
+    allowed = _allowed(qpos, kpos, w) & (kpos >= 0)
     scores = scores.masked_fill(~allowed, float("-inf"))
     y = torch.softmax(scores, dim=-1) @ vb  # (B, H, nb, w, D)
     return y.reshape(B, H, nb * w, D)[:, :, :L]

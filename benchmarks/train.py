@@ -1,290 +1,206 @@
-"""The Hydra entry point of every experiment in the suite.
+"""The Hydra entry point of every training run and sweep in the suite.
 
     python -m benchmarks.train model=stu_t task=induction_heads seed=3 profile=smoke
     python -m benchmarks.train -m model=stu,stu_t,s4d task=induction_heads 'seed=range(0,8)'
     python -m benchmarks.train -m experiment=fig2_lds profile=paper hydra/launcher=joblib
 
-One run = one (experiment, model, task, seed [, other overrides]). It writes into its own folder
-``<out_root>/<profile>/<experiment>/<task>/<model>[/<overrides>]/seed<seed>/``:
+One run = one resolved config. Before any work and before any file is touched the config is
+checked (:func:`benchmarks.config.validate`; for a sweep, every job of it, by the
+:class:`CheckSweep` callback). The run then lives in a folder keyed by its fingerprint
+(:mod:`benchmarks.runs`), claimed with a lock while it trains, and trains with THE train step
+(:mod:`benchmarks.loop`). It writes:
 
-* ``record.json``: config, seed, git commit, package versions, device, backends, parameter count,
-  wall time, status (``ok`` | ``diverged``) and final metrics;
+* ``record.json``: config, spec, fingerprints, seed, git commit, package versions, device,
+  backends, parameter count, wall time, time per step, status (``ok`` | ``diverged``), final metrics;
 * ``curve.csv``: train loss and evaluation metrics every ``eval_every`` steps;
-* ``model.pt`` (only with ``save_model=true``): the trained weights with the model config and the
-  task shapes, for evaluations after training (``benchmarks/robotics.py``).
+* ``model.pt`` (``save_model=true``): the trained weights with the model config and task shapes.
 
-Both are written atomically. A run whose record exists is skipped, so a killed sweep resumes
-where it stopped; with ``checkpoint_every`` a run itself resumes from its last checkpoint.
-A NaN or diverging loss ends that run with a record that says so; the sweep goes on.
+All are written atomically; the record comes last, so its presence means "finished". A finished
+run is skipped; ``force=true`` trains it again and keeps the old files under set-aside names. With
+``checkpoint_every`` a run resumes from its last checkpoint. A non-finite loss at any step, a loss
+above ``diverge_loss``, or non-finite final metrics end the run as ``diverged``; the sweep goes on.
 """
 from __future__ import annotations
 
 import math
 import pathlib
-import re
 import sys
 import time
 from typing import Any
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import models
-from benchmarks.records import (atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions,
-                                short_hash)
+from benchmarks import runs
+from benchmarks.config import CONF_DIR, ConfigError, choice, compose, expand_sweep, identity, validate
+from benchmarks.loop import Schedule, evaluate, make_optimizer, resolve_device, resolve_dtype, to_device, train_step
+from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions
 
-# Overrides that do not change what a run computes (or are already in its folder name).
-_NOT_IN_TAG = {"model", "task", "seed", "profile", "experiment", "experiment_name", "out_root", "progress",
-               "force", "device", "threads", "checkpoint_every", "save_model"}
+RUN_FILES = ("record.json", "curve.csv", "model.pt", "checkpoint.pt")
 
 
-def _choice(group: str, cfg: DictConfig) -> str:
+def _overrides() -> list[str]:
     try:
-        return HydraConfig.get().runtime.choices[group]
-    except (ValueError, KeyError):
-        return str(cfg.get(f"{group}_name", group))
+        from hydra.core.hydra_config import HydraConfig
 
-
-def _tag() -> str:
-    """Folder tag from the command-line overrides that change the run (e.g. model.width=64)."""
-    try:
-        overrides = list(HydraConfig.get().overrides.task)
+        return list(HydraConfig.get().overrides.task)
     except ValueError:
-        return ""
-    parts = []
-    for o in sorted(overrides):
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key.split(".")[0] in _NOT_IN_TAG or key.startswith("hydra"):
-            continue
-        parts.append(re.sub(r"[^A-Za-z0-9_.=,-]", "", o).replace("=", "-"))
-    if not parts:
-        return ""
-    tag = "_".join(parts)
-    return tag if len(tag) <= 80 else tag[:70] + "-" + short_hash(parts)
+        return []
 
 
-def run_dir(cfg: DictConfig, model_name: str, task_name: str) -> pathlib.Path:
-    d = pathlib.Path(cfg.out_root) / cfg.profile.name / cfg.experiment_name / task_name / model_name
-    tag = _tag()
-    if tag:
-        d = d / tag
-    return d / f"seed{cfg.seed}"
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda requested but CUDA is not available; use device=cpu or device=auto")
-    return torch.device(name)
+def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = None,
+        overrides: list[str] | None = None) -> float:
+    """Train one run, or skip it if it is finished (or being trained by another process); return
+    its primary metric (NaN when diverged or skipped as busy)."""
+    model_name = model_name or choice("model", cfg)
+    task_name = task_name or choice("task", cfg)
+    overrides = _overrides() if overrides is None else overrides
+    try:
+        validate(cfg, task_name)
+        ident = identity(cfg, model_name, task_name, overrides)
+    except (ConfigError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    out: pathlib.Path = ident["dir"]
+    try:
+        with runs.Claim(out):
+            runs.clean_temporaries(out)
+            done = _finished(out, ident, cfg)
+            if done is not None:
+                return done
+            return _train(cfg, model_name, task_name, ident, overrides)
+    except runs.Busy as e:
+        _log(f"[busy] {e}; skipping it here")
+        return float("nan")
 
 
-def make_optimizer(model: torch.nn.Module, spec: dict[str, Any]) -> torch.optim.Optimizer:
-    name = spec["name"].lower()
-    lr = float(spec["lr"])
-    wd = float(spec.get("weight_decay") or 0.0)
-    groups = models.param_groups(model, lr=lr, weight_decay=wd)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, weight_decay=wd)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, weight_decay=wd, momentum=float(spec.get("momentum") or 0.0))
-    raise ValueError(f"unknown optimizer {name!r}; valid: adam, adamw, rmsprop, sgd")
+def _finished(out: pathlib.Path, ident: dict[str, Any], cfg: DictConfig) -> float | None:
+    """The primary value of a finished run in ``out`` (then it is not trained again), else None.
+    Records that cannot be reused are set aside under unique names, never deleted."""
+    rec_path = out / "record.json"
+    if not rec_path.exists():
+        return None
+    try:
+        rec = runs.load_record(rec_path)
+    except runs.CorruptRecord as e:
+        kept = runs.set_aside(rec_path, "corrupt")
+        _log(f"[corrupt] {e}; kept as {kept.name}, running it again")
+        return None
+    why = None
+    if cfg.get("force"):
+        why = "forced"
+    elif rec.get("config_fingerprint") != ident["fingerprint"]:
+        why = "other-config"
+    elif cfg.get("save_model") and rec.get("status") == "ok" and not (out / "model.pt").exists():
+        why = "no-weights"
+    if why is None:
+        _log(f"[skip] {out} is finished (status {rec.get('status')}); force=true trains it again")
+        return float(rec.get("primary_value", float("nan")))
+    kept = [runs.set_aside(out / f, why).name for f in RUN_FILES if (out / f).exists() and f != "checkpoint.pt"]
+    _log(f"[{why}] {out}: earlier files kept as {', '.join(kept)}; training it again")
+    return None
 
 
-def lr_factor(step: int, steps: int, schedule: str, warmup_frac: float) -> float:
-    if schedule in (None, "constant"):
-        return 1.0
-    warm = max(1, int(warmup_frac * steps))
-    if step < warm:
-        return (step + 1) / warm
-    frac = (step - warm) / max(1, steps - warm)
-    if schedule == "cosine":
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
-    if schedule == "warmup_linear":
-        return 1.0 - 0.9 * frac  # linear decay to a tenth (max 3e-4 -> min 3e-5 in section IV)
-    raise ValueError(f"unknown schedule {schedule!r}; valid: constant, cosine, warmup_linear")
-
-
-@torch.no_grad()
-def evaluate(model, task, batch_size: int, seed: int, device, dtype) -> dict[str, float]:
-    """Task metrics over its evaluation batches, weighted by scored positions."""
-    was_training = model.training
-    model.eval()
-    totals: dict[str, float] = {}
-    weight = 0.0
-    for batch in task.eval_batches(batch_size, seed):
-        batch = batch.to(device)
-        if batch.inputs.is_floating_point():
-            batch.inputs = batch.inputs.to(dtype)
-            batch.targets = batch.targets.to(dtype)
-        out = model(batch.inputs)
-        m = task.metrics(out, batch)
-        w = float(batch.mask.sum())
-        for k, v in m.items():
-            totals[k] = totals.get(k, 0.0) + v * w
-        weight += w
-    model.train(was_training)
-    return {k: v / max(weight, 1.0) for k, v in totals.items()}
-
-
-def _settings(cfg: DictConfig, task, task_name: str) -> dict[str, Any]:
-    prof = cfg.profile
-    steps = cfg.steps if cfg.steps is not None else (prof.steps.get(task_name) if prof.steps else None)
-    steps = int(steps if steps is not None else task.default_steps)
-    bs = cfg.batch_size if cfg.batch_size is not None else (prof.batch_size.get(task_name) if prof.batch_size else None)
-    bs = int(bs if bs is not None else task.default_batch_size)
-    opt = dict(task.default_optimizer)
-    opt.update({k: v for k, v in OmegaConf.to_container(cfg.optimizer).items() if v is not None})
-    opt.setdefault("schedule", "constant")
-    opt.setdefault("warmup_frac", 0.0)
-    every = int(cfg.eval_every) if cfg.eval_every else max(1, steps // int(prof.get("curve_points") or 40))
-    return {"steps": steps, "batch_size": bs, "optimizer": opt, "eval_every": every}
-
-
-def config_fingerprint(conf: dict[str, Any], task_name: str) -> str:
-    """A hash of everything in a resolved config (``OmegaConf.to_container(cfg, resolve=True)``, as
-    stored in every record) that decides a run's numbers: the model, the task, the optimizer, seed,
-    dtype, steps, batch, evaluation settings and this task's profile sizes. Not the device,
-    threads, progress bars or output folders. A record whose config gives another fingerprint is
-    stale (a YAML file or the profile changed since), so it is not reused."""
-    import hashlib
-    import json
-
-    prof = conf.get("profile") or {}
-    keys = {k: conf.get(k) for k in ("model", "task", "optimizer", "seed", "dtype", "steps", "batch_size",
-                                     "eval_every", "eval_size", "diverge_loss")}
-    if isinstance(keys["task"], dict):  # the task's own progress bars do not change its numbers
-        keys["task"] = {k: v for k, v in keys["task"].items() if k != "progress"}
-    keys.update({"profile_steps": (prof.get("steps") or {}).get(task_name),
-                 "profile_batch_size": (prof.get("batch_size") or {}).get(task_name),
-                 "curve_points": prof.get("curve_points")})
-    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _set_aside(out: pathlib.Path, why: str) -> None:
-    """Rename a stale run's files (record, curve, weights, checkpoint) so nothing finished is lost."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in ("record.json", "curve.csv", "model.pt", "checkpoint.pt"):
-        f = out / name
-        if f.exists():
-            f.replace(out / f"{f.stem}.stale-{stamp}{f.suffix}")
-    print(f"[stale] {out}: {why}; its files are kept as *.stale-{stamp}.*, running it again", file=sys.stderr)
-
-
-def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = None) -> float:
-    """Train one run (or skip it if its record exists); return its primary metric.
-
-    ``model_name``/``task_name`` default to Hydra's choices (give them when calling outside Hydra)."""
-    model_name = model_name or _choice("model", cfg)
-    task_name = task_name or _choice("task", cfg)
-    out = run_dir(cfg, model_name, task_name)
-    record_path = out / "record.json"
-    fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=True), task_name)
-    if record_path.exists() and not cfg.force:
-        import json
-
-        rec = json.loads(record_path.read_text())
-        if config_fingerprint(rec.get("config") or {}, task_name) == fingerprint:
-            print(f"[skip] {out} has a record (status {rec.get('status')}); force=true reruns it", file=sys.stderr)
-            return float(rec.get("primary_value", float("nan")))
-        _set_aside(out, "its record was made with another config (the model, task, optimizer or profile sizes changed)")
-
+def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, Any], overrides: list[str]) -> float:
+    out: pathlib.Path = ident["dir"]
+    s = ident["settings"]
+    fp = ident["fingerprint"]
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    device = _resolve_device(cfg.device)
-    dtype = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}[cfg.dtype]
-    torch.manual_seed(cfg.seed)
-
-    task = instantiate(cfg.task, _convert_="all")
-    s = _settings(cfg, task, task_name)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype)
+    task = instantiate(cfg.task, _convert_="all")  # may make data: its RNG use never reaches ours
+    torch.manual_seed(int(cfg.seed))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model = models._instantiate(model_cfg, f"model {model_name!r}", **task.model_shapes()).to(device=device, dtype=dtype)
     opt = make_optimizer(model, s["optimizer"])
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    gen = torch.Generator().manual_seed(cfg.seed)
+    sched = Schedule(opt, s["steps"], s["optimizer"])
+    grad_clip = s["optimizer"].get("grad_clip")
+    gen = torch.Generator().manual_seed(int(cfg.seed))
     curve: list[dict[str, Any]] = []
-    start_step, elapsed = 0, 0.0
+    start_step, elapsed, step_time = 0, 0.0, 0.0
 
     ckpt_path = out / "checkpoint.pt"
-    if cfg.checkpoint_every and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck.get("config_fingerprint", fingerprint) != fingerprint:
-            _set_aside(out, "its checkpoint was made with another config")
-            ck = None
-    else:
+    if ckpt_path.exists():
         ck = None
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        gen.set_state(ck["generator"])
-        curve, start_step, elapsed = ck["curve"], ck["step"], ck["elapsed"]
-        print(f"[resume] {out} from step {start_step}", file=sys.stderr)
+        try:
+            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        except Exception as e:  # noqa: BLE001
+            kept = runs.set_aside(ckpt_path, "corrupt")
+            _log(f"[corrupt] {ckpt_path} ({type(e).__name__}: {e}); kept as {kept.name}, starting over")
+        if ck is not None and ck.get("config_fingerprint") != fp:
+            kept = runs.set_aside(ckpt_path, "other-config")
+            _log(f"[other-config] {ckpt_path} was made with another config; kept as {kept.name}")
+            ck = None
+        if ck is not None:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            gen.set_state(ck["generator"])
+            curve, start_step, elapsed = ck["curve"], ck["step"], ck["elapsed"]
+            step_time = ck.get("step_time", 0.0)
+            _log(f"[resume] {out} from step {start_step}")
 
     status, reason = "ok", ""
     eval_seed = 10**6 + int(cfg.seed)
     t0 = time.perf_counter() - elapsed
     loss_val = float("nan")
+    steps = int(s["steps"])
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=s["steps"], initial=start_step, desc=f"{model_name}/{task_name}/seed{cfg.seed}",
+        bar = tqdm(total=steps, initial=start_step, desc=f"{model_name}/{task_name}/seed{cfg.seed}",
                    dynamic_ncols=True, file=sys.stderr)
     model.train()
-    step = start_step
+    steps_done = start_step
     try:
-        for step in range(start_step, s["steps"]):
-            f = lr_factor(step, s["steps"], s["optimizer"]["schedule"], float(s["optimizer"]["warmup_frac"]))
-            for g, lr0 in zip(opt.param_groups, base_lrs):
-                g["lr"] = lr0 * f
-            batch = task.train_batch(step, s["batch_size"], gen).to(device)
-            if batch.inputs.is_floating_point():
-                batch.inputs, batch.targets = batch.inputs.to(dtype), batch.targets.to(dtype)
-            outputs = model(batch.inputs)
-            loss = task.loss(outputs, batch)
-            aux = model.aux_loss.to(loss.device) if hasattr(model, "aux_loss") else 0.0
-            total = loss + aux
-            loss_val = float(loss.detach())
-            if not math.isfinite(loss_val) or loss_val > cfg.diverge_loss:
-                status, reason = "diverged", f"loss {loss_val} at step {step}"
+        for step in range(start_step, steps):
+            sched.set(step)
+            batch = to_device(task.train_batch(step, s["batch_size"], gen), device, dtype)
+            ts = time.perf_counter()
+            r = train_step(model, task, batch, opt, grad_clip)
+            step_time += time.perf_counter() - ts
+            loss_val = r.loss
+            if not r.applied:
+                status, reason = "diverged", f"non-finite loss {loss_val} (aux {r.aux}) at step {step}"
                 break
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if s["optimizer"].get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(s["optimizer"]["grad_clip"]))
-            opt.step()
+            steps_done = step + 1
+            if loss_val > float(cfg.diverge_loss):
+                status, reason = "diverged", f"loss {loss_val} > diverge_loss {cfg.diverge_loss} at step {step}"
+                break
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{loss_val:.4g}")
-            if step % s["eval_every"] == 0 or step == s["steps"] - 1:
+            if step % s["eval_every"] == 0 or step == steps - 1:
                 m = evaluate(model, task, cfg.eval_size, eval_seed, device, dtype)
                 curve.append({"step": step + 1, "train_loss": loss_val, **{f"eval_{k}": v for k, v in m.items()},
                               "wall_time_s": round(time.perf_counter() - t0, 3)})
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < s["steps"]:
-                out.mkdir(parents=True, exist_ok=True)
-                tmp = ckpt_path.with_suffix(".tmp")
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "generator": gen.get_state(), "curve": curve, "step": step + 1,
-                            "elapsed": time.perf_counter() - t0, "config_fingerprint": fingerprint}, tmp)
-                tmp.replace(ckpt_path)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
+                runs.atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                        "generator": gen.get_state(), "curve": curve, "step": step + 1,
+                                        "elapsed": time.perf_counter() - t0, "step_time": step_time,
+                                        "config_fingerprint": fp}, ckpt_path)
     finally:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
 
-    final = evaluate(model, task, cfg.eval_size, eval_seed, device, dtype) if status == "ok" else {}
+    final: dict[str, float] = {}
+    if status == "ok":
+        final = evaluate(model, task, cfg.eval_size, eval_seed, device, dtype)
+        bad = {k: v for k, v in final.items() if not math.isfinite(v)}
+        if bad:
+            status, reason = "diverged", f"non-finite evaluation metrics {bad} after step {steps_done}"
     primary = task.primary_metric
-    primary_value = final.get(primary, final.get(f"eval_{primary}", float("nan")))
-    if status != "ok":
-        primary_value = float("nan")
+    primary_value = final.get(primary, float("nan")) if status == "ok" else float("nan")
     record = {
         "experiment": cfg.experiment_name,
         "model": model_name,
@@ -293,7 +209,7 @@ def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = 
         "profile": cfg.profile.name,
         "status": status,
         "status_reason": reason,
-        "steps_done": step + 1 if status == "ok" else step,
+        "steps_done": steps_done,
         "settings": s,
         "final_metrics": final,
         "primary_metric": primary,
@@ -302,36 +218,63 @@ def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = 
         "params": models.count_params(model),
         "backends": models.backends(model),
         "wall_time_s": round(wall, 3),
-        "s_per_step": round(wall / max(1, step + 1 - start_step), 6),
+        "s_per_step": round(step_time / max(1, steps_done), 6),
         "git_commit": git_commit(),
         "versions": package_versions(),
         "device": device_info(device),
         "dtype": cfg.dtype,
         "task_info": task.describe(),
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "config_fingerprint": fingerprint,
+        "overrides": list(overrides),
+        "spec": ident["spec"],
+        "config_fingerprint": fp,
+        "setting_fingerprint": ident["setting_fingerprint"],
         "run_dir": str(out),
     }
     atomic_write_csv(out / "curve.csv", curve)
     if cfg.get("save_model") and status == "ok":
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "model.pt.tmp"
-        torch.save({"state_dict": model.state_dict(), "model_config": model_cfg, "shapes": task.model_shapes(),
-                    "model": model_name, "task": task_name, "seed": int(cfg.seed)}, tmp)
-        tmp.replace(out / "model.pt")
+        runs.atomic_torch_save({"state_dict": model.state_dict(), "model_config": model_cfg,
+                                "shapes": task.model_shapes(), "model": model_name, "task": task_name,
+                                "seed": int(cfg.seed), "config_fingerprint": fp}, out / "model.pt")
         record["model_file"] = "model.pt"
-    atomic_write_json(record_path, record)  # the record last: its existence means "finished"
+    atomic_write_json(out / "record.json", record)  # the record last: its existence means "finished"
     if ckpt_path.exists():
         ckpt_path.unlink()
     msg = f"[{status}] {out}: {primary}={primary_value:.4g} params={record['params']} wall={wall:.1f}s"
-    print(msg + (f" ({reason})" if reason else ""), file=sys.stderr)
+    _log(msg + (f" ({reason})" if reason else ""))
     return float(primary_value)
 
 
-CONF_DIR = str(pathlib.Path(__file__).resolve().parent.parent / "conf")
+class CheckSweep(Callback):
+    """Before a multirun starts: expand its jobs and check every one (config, sizes, names, a dry
+    run of the model), so a bad value stops the sweep before its first run trains."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exceptions into warnings: every failure here leaves as SystemExit
+        try:
+            params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=True) if config.hydra.sweeper.get("params") else {}
+            jobs = expand_sweep({k: str(v) for k, v in params.items()}, list(config.hydra.overrides.task))
+        except Exception as e:  # noqa: BLE001
+            raise SystemExit(f"error: the sweep cannot be expanded: {type(e).__name__}: {e}\nnothing was run") from None
+        seen: dict[str, str] = {}
+        for i, job in enumerate(jobs):
+            try:
+                cfg = compose(job, return_hydra_config=True)
+                task_name = choice("task", cfg)
+                validate(cfg, task_name)
+                ident = identity(cfg, choice("model", cfg), task_name, job)
+            except ConfigError as e:
+                raise SystemExit(f"error in job {i} of the sweep ({' '.join(job)}): {e}\nnothing was run") from None
+            except Exception as e:  # noqa: BLE001  (composition errors: Hydra's message names the key)
+                raise SystemExit(f"error in job {i} of the sweep ({' '.join(job)}): {e}\nnothing was run") from None
+            if ident["fingerprint"] in seen:
+                _log(f"[same run] job {i} ({' '.join(job)}) computes the same numbers as ({seen[ident['fingerprint']]}): "
+                     "it will find that run's record and skip")
+            seen.setdefault(ident["fingerprint"], " ".join(job))
+        _log(f"[sweep] {len(jobs)} job(s) checked, {len(seen)} distinct run(s)")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
     return run(cfg)
 

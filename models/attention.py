@@ -172,6 +172,8 @@ class Attention(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.width:
             raise ValueError(f"Attention expects (batch, length, {self.width}), got {tuple(x.shape)}")
         B, L, _ = x.shape
+        if L > self.seq_len:  # the window and the position tables were sized for seq_len
+            raise ValueError(f"Attention was built for seq_len={self.seq_len}; got length {L}")
         q, k, v = self._qkv(x)
         flash = _flash_attn() if (self.use_flash_attn and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)) else None
         if flash is not None and self.position != "alibi":

@@ -19,6 +19,17 @@ import torch.nn.functional as F
 CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf"
 
 
+def register_resolvers() -> None:
+    """``${repo:}``: the repository root, used by ``conf/paths`` (relative roots live under it)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("repo"):
+        OmegaConf.register_new_resolver("repo", lambda: str(CONF_DIR.parent))
+
+
+register_resolvers()
+
+
 @dataclass
 class Batch:
     inputs: torch.Tensor
@@ -74,6 +85,14 @@ class Task:
             return {"vocab_size": self.vocab_size, "seq_len": self.seq_len}
         return {"d_in": self.d_in, "d_out": self.d_out, "seq_len": self.seq_len}
 
+    @classmethod
+    def shapes_from_config(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The :meth:`model_shapes` of ``cls(**cfg)`` without loading data. The default builds the
+        task (synthetic tasks are cheap and draw from their own generators); data-backed tasks
+        override this."""
+        with torch.random.fork_rng(devices=[]):
+            return cls(**cfg).model_shapes()
+
     # --- loss and metrics ---------------------------------------------------------------
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         if self.kind == "tokens":
@@ -108,19 +127,56 @@ class Task:
         }
 
 
+class RandomTask(Task):
+    """Random inputs and targets of a task's shapes, with the base class's loss: what timing needs
+    (Table I, the speed benchmark) when the time of a step, not what it learns, is measured."""
+
+    name = "random"
+
+    def __init__(self, seq_len: int, d_in: int | None = None, d_out: int | None = None,
+                 vocab_size: int | None = None):
+        self.seq_len = int(seq_len)
+        self.kind = "tokens" if vocab_size else "continuous"
+        self.vocab_size, self.d_in, self.d_out = vocab_size, d_in, d_out
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        shape = (batch_size, self.seq_len)
+        mask = torch.ones(shape, dtype=torch.bool)
+        if self.kind == "tokens":
+            x = torch.randint(self.vocab_size, shape, generator=generator)
+            return Batch(x, torch.randint(self.vocab_size, shape, generator=generator), mask)
+        return Batch(torch.randn(*shape, self.d_in, generator=generator),
+                     torch.randn(*shape, self.d_out, generator=generator), mask)
+
+
 def available_tasks() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
 
 
-def build_task(name: str, **overrides) -> Task:
-    """Build the task ``conf/task/<name>.yaml`` with its fields replaced by ``overrides``."""
-    from hydra.utils import instantiate
+def task_config(name: str, profile: str = "smoke") -> dict[str, Any]:
+    """The resolved config of ``conf/task/<name>.yaml`` as the runner sees it at ``profile`` (its
+    interpolations, e.g. the MuJoCo window ``${profile.mujoco_context}``, resolved)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     names = available_tasks()
     if name not in names:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(names)}")
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "task" / f"{name}.yaml"))
+    overrides = [f"task={name}", f"profile={profile}"]
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose("train", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+    return OmegaConf.to_container(cfg.task, resolve=True)
+
+
+def build_task(name: str, profile: str = "smoke", **overrides) -> Task:
+    """Build the task ``conf/task/<name>.yaml`` (at ``profile``) with fields replaced by ``overrides``."""
+    from hydra.utils import instantiate
+
+    cfg = task_config(name, profile)
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:
         valid = sorted(k for k in cfg if not k.startswith("_"))

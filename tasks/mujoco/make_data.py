@@ -1,43 +1,50 @@
-"""Make a MuJoCo trajectory dataset.
+"""Make a MuJoCo trajectory dataset (a Hydra app on ``conf/make_data.yaml``).
 
     python -m tasks.mujoco.make_data env=ant profile=smoke [agent.path=...] [agent.use_hub=false]
-        [data_dir=...] [profiles.smoke.n_traj=64 ...]
+        [paths.data=...] [profile.data.mujoco.n_traj=64 ...]
 
-Settings and their defaults: ``conf/data/mujoco.yaml``. Writes shards, ``manifest.json`` and
-``plot.png`` under ``$FSB_DATA/mujoco/<env>/<profile>/``; rerunning finishes or repairs a dataset.
+Sizes: ``profile.data.mujoco`` of ``conf/profile/<profile>.yaml``. Writes shards, ``manifest.json``
+and ``plot.png`` under ``<paths.data>/mujoco/<env>/<profile>/``; rerunning finishes or repairs a
+dataset. A bad setting (unknown robot, key or profile) stops before any work with the valid choices.
 """
 from __future__ import annotations
 
+import pathlib
 import sys
 
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
-def main(argv: list[str] | None = None) -> int:
-    from omegaconf import OmegaConf
+from tasks.base import CONF_DIR, register_resolvers
 
-    from tasks.mujoco.dataset import DatasetError, load_config, make_dataset
+register_resolvers()
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        print(f"arguments must be key=value, got {bad}", file=sys.stderr)
-        return 2
+
+def make(cfg: DictConfig) -> int:
+    from tasks.mujoco.dataset import DatasetError, make_dataset
+    from tasks.mujoco.envs import robot
+
     try:
-        cfg = load_config(argv)
-    except Exception as e:  # noqa: BLE001  (unknown key: show OmegaConf's message)
-        print(f"bad setting: {e}", file=sys.stderr)
+        spec = robot(str(cfg.env))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    profiles = OmegaConf.to_container(cfg.profiles)
+    sizes = OmegaConf.to_container(cfg.profile.data.mujoco, resolve=True)
     try:
-        make_dataset(cfg.env, cfg.profile, root=cfg.data_dir, agent_path=cfg.agent.path, use_hub=cfg.agent.use_hub,
-                     overrides=profiles.get(cfg.profile))
+        make_dataset(spec.name, str(cfg.profile.name), root=cfg.paths.data, agent_path=cfg.agent.path,
+                     use_hub=bool(cfg.agent.use_hub), overrides=sizes, progress=bool(cfg.progress))
     except (DatasetError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
 
 
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="make_data")
+def main(cfg: DictConfig) -> None:
+    code = make(cfg)
+    if code:
+        sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

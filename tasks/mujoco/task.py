@@ -13,6 +13,7 @@ every input feature (normalised units). Targets and validation data are never no
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Iterator
 
 import numpy as np
@@ -54,7 +55,14 @@ class MujocoTask(Task):
 
         man = read_manifest(self.data_path)
         if man is None or not man.get("complete") or verify_shards(self.data_path, man):
-            make_dataset(spec.name, profile, root=data_dir, agent_path=agent_path, progress=progress)
+            # data making trains / runs PPO agents that draw from torch's global RNG: keep the
+            # caller's RNG (the model's initialisation) the same whether or not data were made here
+            with torch.random.fork_rng(devices=[]):
+                state = np.random.get_state()
+                try:
+                    make_dataset(spec.name, profile, root=data_dir, agent_path=agent_path, progress=progress)
+                finally:
+                    np.random.set_state(state)
         data, self.manifest = load_dataset(spec.name, profile, data_dir, verify=False)
         T = data["actions"].shape[1]
         if self.context > T:
@@ -75,6 +83,13 @@ class MujocoTask(Task):
                          "rewards": data["rewards"][self.val_idx], "seeds": data["seeds"][self.val_idx]}
         if len(self.train_idx) == 0:
             raise DatasetError("no training trajectories")
+
+    @classmethod
+    def shapes_from_config(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Model shapes from the robot's dimensions and the window, without loading any data."""
+        spec = robot(cfg.get("env", "ant"))
+        return {"d_in": spec.state_dim + spec.action_dim, "d_out": spec.state_dim,
+                "seq_len": int(cfg.get("context", inspect.signature(cls).parameters["context"].default))}
 
     # ------------------------------------------------------------------ normalisation helpers
     def normalize_states(self, x: np.ndarray) -> np.ndarray:

@@ -25,11 +25,25 @@ __all__ = [
 
 
 def available_models() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+    """Names of ``conf/model/*.yaml`` (files starting with ``_`` are bases, not models)."""
+    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def available_mixers() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / "mixer").glob("*.yaml"))
+    return sorted(p.stem for p in (CONF_DIR / "mixer").glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _read(group: str, name: str):
+    """``conf/<group>/<name>.yaml`` with its ``defaults`` list merged in Hydra's order (entries are
+    files of the same group; ``_self_`` marks where the file's own keys go, last by default)."""
+    raw = OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
+    defaults = list(raw.pop("defaults", None) or [])
+    merged = OmegaConf.create()
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    for entry in defaults:
+        merged = OmegaConf.merge(merged, raw if entry == "_self_" else _read(group, str(entry)))
+    return merged
 
 
 def _locate(path: str):
@@ -43,7 +57,7 @@ def _load(group: str, name: str) -> dict[str, Any]:
     valid = available_models() if group == "model" else available_mixers()
     if name not in valid:
         raise ValueError(f"unknown {group} {name!r}; valid {group}s: {', '.join(valid)}")
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), resolve=True)
+    return OmegaConf.to_container(_read(group, name), resolve=True)
 
 
 def _instantiate(cfg: dict[str, Any], what: str, **fixed) -> nn.Module:

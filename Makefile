@@ -1,10 +1,20 @@
 # One command per result. PROFILE=smoke (2-core CPU, minutes) or PROFILE=paper (paper sizes; GPU).
 SHELL := /bin/bash
+# --- setup: .venv with the exact versions of requirements.lock ----------------------------------
 PYTHON ?= python3
+PY_MINOR := 3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS ?= test,mujoco
+LOCK := requirements.lock
+TORCH_VERSION := $(shell sed -n 's/^torch==\([^ ;]*\).*/\1/p' $(LOCK) 2>/dev/null)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+PIP_VERSION := 26.3
+UV_VERSION := 0.13.9
+LOCK_VENV := .cache/uv-venv
+# A working venv: its Python is $(PY_MINOR), the core packages import, the project is installed.
+VENV_CHECK := import sys, importlib.metadata as m; assert '%d.%d' % sys.version_info[:2] == '$(PY_MINOR)', sys.version; import torch, hydra, omegaconf, numpy; m.version('flash-stu-bench')
 PROFILE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo paper || echo smoke)
 ENV ?= ant
 RUNS ?= runs
@@ -12,120 +22,98 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: setup test test-all models clean-runs
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 || $(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
-	touch $(STAMP)
+# The stamp alone is not trusted: every target that needs the venv runs the cheap check above
+# (~2 s). Healthy and newer than pyproject.toml and the lock: nothing to do. Healthy but older: pip
+# brings it to the lock in place. Interpreter missing or not runnable, wrong Python, or the check
+# fails: the venv is deleted and made again from scratch (never a folder without pyvenv.cfg).
+# torch, pinned to the lock's version, comes from the first of: a wheel pip finds on this machine
+# (pip's find-links), the PyTorch CPU index (only without an NVIDIA GPU), whatever pip finds (PyPI).
+# The project is built with the lock's setuptools (no build isolation: no unpinned build backend).
+.PHONY: lock venv-check
+venv-check:
 
-setup: $(STAMP)  ## make .venv and install the project with its test extras
+$(STAMP): pyproject.toml $(LOCK) venv-check
+	@set -eu; \
+	healthy() { [ -x "$(PY)" ] && "$(PY)" -c "$(VENV_CHECK)" >/dev/null 2>&1; }; \
+	if [ -f "$(STAMP)" ] && [ "$(STAMP)" -nt pyproject.toml ] && [ "$(STAMP)" -nt "$(LOCK)" ] && healthy; then exit 0; fi; \
+	if [ -z "$(TORCH_VERSION)" ]; then echo "make setup: no torch==<version> line in $(LOCK)" >&2; exit 1; fi; \
+	if [ -e "$(VENV)" ] && ! healthy; then \
+	  if [ ! -f "$(VENV)/pyvenv.cfg" ]; then \
+	    echo "make setup: $(VENV) exists but is not a virtual environment (no pyvenv.cfg); move it away or pick another VENV=" >&2; exit 1; fi; \
+	  if [ -x "$(PY)" ]; then why=$$("$(PY)" -c "$(VENV_CHECK)" 2>&1 | tail -n 1 || true); else why="$(PY) is missing"; fi; \
+	  echo "[setup] $(VENV) is broken ($${why:-$(PY) does not run}); deleting it and making it again"; \
+	  rm -rf "$(VENV)"; \
+	fi; \
+	if [ ! -e "$(VENV)" ]; then \
+	  exe=$$(command -v "$(PYTHON)" 2>/dev/null || true); \
+	  if [ -z "$$exe" ]; then \
+	    echo "make setup: '$(PYTHON)' is not on PATH. This project needs Python $(PY_MINOR): install it and run make setup PYTHON=python$(PY_MINOR) (or PYTHON=/path/to/python$(PY_MINOR))" >&2; exit 1; fi; \
+	  ver=$$("$(PYTHON)" -c 'import sys; print("%d.%d.%d %s" % (*sys.version_info[:3], sys.executable))' 2>/dev/null) || { \
+	    echo "make setup: PYTHON=$(PYTHON) ($$exe) does not run. This project needs Python $(PY_MINOR): make setup PYTHON=python$(PY_MINOR) (or PYTHON=/path/to/python$(PY_MINOR))" >&2; exit 1; }; \
+	  case "$$ver" in "$(PY_MINOR)".*) ;; *) \
+	    echo "make setup: PYTHON=$(PYTHON) is Python $$ver, but this project is pinned to Python $(PY_MINOR) (.python-version, requires-python, $(LOCK)). Pick a $(PY_MINOR) interpreter: make setup PYTHON=python$(PY_MINOR) (or PYTHON=/path/to/python$(PY_MINOR))" >&2; exit 1;; esac; \
+	  echo "[setup] making $(VENV) with Python $$ver"; \
+	  "$(PYTHON)" -m venv "$(VENV)"; \
+	fi; \
+	"$(PY)" -m pip install -q "pip==$(PIP_VERSION)"; \
+	"$(PY)" -m pip install -q -c "$(LOCK)" setuptools; \
+	if "$(PY)" -m pip install -q --no-index --no-deps "torch==$(TORCH_VERSION)" 2>/dev/null; then \
+	  echo "[setup] torch $(TORCH_VERSION): a local wheel (or already installed)"; \
+	elif ! nvidia-smi -L >/dev/null 2>&1 && "$(PY)" -m pip install -q --no-deps --index-url "$(TORCH_CPU_INDEX)" "torch==$(TORCH_VERSION)"; then \
+	  echo "[setup] torch $(TORCH_VERSION) from $(TORCH_CPU_INDEX)"; \
+	else \
+	  "$(PY)" -m pip install -q --no-deps -c "$(LOCK)" "torch==$(TORCH_VERSION)"; \
+	fi; \
+	"$(PY)" -m pip install -q -c "$(LOCK)" --no-build-isolation -e ".[$(EXTRAS)]"; \
+	if ! healthy; then echo "make setup: installed, but $(PY) fails the check:" >&2; "$(PY)" -c "$(VENV_CHECK)"; exit 1; fi; \
+	touch "$(STAMP)"
+
+setup: $(STAMP)  ## make .venv (Python 3.11) with the project and its extras at the versions of requirements.lock; remakes a broken .venv
 
 test: $(STAMP)  ## the test suite (CPU; slow end-to-end tests run at smoke size)
 	$(PY) -m pytest -q
+
+help:  ## this list: targets, then the paper results `make reproduce-<E>` knows
+	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  make \1\t\2/' | expand -t 32
+	@echo "Paper results (make reproduce-<E> [PROFILE=smoke|paper] [ARGS=...] [LAUNCH=...]; conf/experiment/<E>.yaml):"
+	@for f in conf/experiment/[!_]*.yaml; do n=$$(basename $$f .yaml); d=$$(sed -n '2s/^# //p' $$f | cut -c1-90); printf "  make reproduce-%-10s %s\n" "$$n" "$$d"; done
 
 models: $(STAMP)  ## table of every registered model
 	$(PY) -m models
 
 # ---------------------------------------------------------------------------------------------
-# Synthetic experiments (section II, appendix B). On a CPU the runs go two at a time (joblib,
-# one thread each); on a GPU one after another. Override with LAUNCH=... (e.g. a Slurm launcher:
-# LAUNCH="hydra/launcher=submitit_slurm hydra.launcher.partition=gpu").
+# Paper results. ONE rule: make reproduce-<E> runs conf/experiment/<E>.yaml through
+# benchmarks.reproduce (checks every job first, makes data, runs the sweep, evaluates, reports under
+# results/<E>/<PROFILE>/ and plots/<E>/<PROFILE>/). PROFILE=smoke (2-core CPU, minutes) or paper.
+# On a CPU the smoke sweeps run two at a time (joblib, one thread each); override with
+# LAUNCH=... (e.g. LAUNCH="hydra/launcher=submitit_slurm hydra.launcher.partition=gpu").
+PROFILE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo paper || echo smoke)
+ENV ?= ant
+ARGS ?=
 ifeq ($(PROFILE),smoke)
 LAUNCH ?= hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1 progress=false
 else
 LAUNCH ?=
 endif
-TRAIN := $(PY) -m benchmarks.train
-REPORT := $(PY) -m benchmarks.report --profile $(PROFILE)
+export PYTHONUNBUFFERED := 1
 
-.PHONY: reproduce-fig2 reproduce-fig4 reproduce-fig5 reproduce-fig14 reproduce-synthetic
+.PHONY: test help models reproduce-synthetic reproduce-robotics reproduce-fig13 bench-speed data-mujoco data-mujoco-all
 
-reproduce-fig2: $(STAMP)  ## Figure 2: LDS
-	$(TRAIN) experiment=fig2_lds profile=$(PROFILE) $(LAUNCH) $(ARGS)
-	$(REPORT) fig2_lds
+reproduce-%: $(STAMP)  ## a paper result: make reproduce-table2 (see the list below)
+	$(PY) -m benchmarks.reproduce experiment=$* profile=$(PROFILE) $(LAUNCH) $(ARGS)
 
-reproduce-fig4: $(STAMP)  ## Figure 4: induction heads
-	$(TRAIN) experiment=fig4_induction_heads profile=$(PROFILE) $(LAUNCH) $(ARGS)
-	$(REPORT) fig4_induction_heads
+reproduce-fig13: reproduce-fig3  ## Figure 13 is drawn with Figure 3
 
-reproduce-fig5: $(STAMP)  ## Figure 5: associative recall
-	$(TRAIN) experiment=fig5_associative_recall profile=$(PROFILE) $(LAUNCH) $(ARGS)
-	$(REPORT) fig5_associative_recall
+reproduce-synthetic: reproduce-fig2 reproduce-fig4 reproduce-fig5 reproduce-fig14  ## Figures 2, 4, 5, 14
 
-reproduce-fig14: $(STAMP)  ## Figure 14: selective copy
-	$(TRAIN) experiment=fig14_selective_copy profile=$(PROFILE) $(LAUNCH) $(ARGS)
-	$(REPORT) fig14_selective_copy
+reproduce-robotics: reproduce-table1 reproduce-table2 reproduce-table6 reproduce-table7 reproduce-table8 reproduce-table9 reproduce-table10  ## all of section III
 
-reproduce-synthetic: reproduce-fig2 reproduce-fig4 reproduce-fig5 reproduce-fig14
+bench-speed: reproduce-speed  ## train-step times and mixer time vs length (results/speed/<PROFILE>/)
 
-.PHONY: bench-speed
-bench-speed: $(STAMP)  ## train-step times and mixer time vs length (results/speed/, plots/speed_*); SPEED_ARGS=... adds Hydra overrides
-	$(PY) -m benchmarks.speed speed=$(PROFILE) $(SPEED_ARGS)
-
-# --- MuJoCo trajectory datasets (issue 4) --------------------------------------------------
 # make data-mujoco ENV=ant|halfcheetah|walker2d PROFILE=smoke|paper [AGENT=/path/to/ppo.zip]
-# Writes $(FSB_DATA)/mujoco/$(ENV)/$(PROFILE)/{shard_*.npz,manifest.json,plot.png}; rerun resumes/repairs.
 AGENT ?=
-.PHONY: data-mujoco data-mujoco-all
 data-mujoco: $(STAMP)  ## MuJoCo dataset: ENV=ant|halfcheetah|walker2d PROFILE=smoke|paper [AGENT=zip]
 	$(PY) -m tasks.mujoco.make_data env=$(ENV) profile=$(PROFILE) $(if $(AGENT),agent.path=$(AGENT),)
 
 data-mujoco-all: $(STAMP)  ## the three MuJoCo datasets at PROFILE
 	for e in ant halfcheetah walker2d; do $(PY) -m tasks.mujoco.make_data env=$$e profile=$(PROFILE) || exit 1; done
-
-# --- Robotics (section III, appendix C/D; issue 5) ------------------------------------------
-# make reproduce-table2 [PROFILE=smoke|paper] [RESULTS=results] [PLOTS=plots] [ARGS="hydra overrides"]
-#   [DATA_ARGS="make_data overrides"] [ROBOT_ARGS="benchmarks.robotics options"]
-# Each target: the dataset (made if missing, verified otherwise), the training sweep (resumable: runs
-# with a record are skipped), then the evaluation, tables (results/tableN.md/.tex) and figures.
-RESULTS ?= results
-PLOTS ?= plots
-DATA_ARGS ?=
-ROBOT_ARGS ?=
-ROBOT := $(PY) -m benchmarks.robotics --profile $(PROFILE) --results $(RESULTS) --plots $(PLOTS) $(ROBOT_ARGS)
-MAKE_DATA = $(PY) -m tasks.mujoco.make_data profile=$(PROFILE) $(DATA_ARGS) env=
-
-.PHONY: reproduce-table1 reproduce-table2 reproduce-table6 reproduce-table7 reproduce-ablations reproduce-robotics
-
-reproduce-table2: $(STAMP)  ## Table II + Figures 6, 7, 8, 22, 23 (Ant-v1)
-	$(MAKE_DATA)ant
-	$(TRAIN) experiment=table2_ant profile=$(PROFILE) $(LAUNCH) $(ARGS)
-	$(ROBOT) table2
-
-reproduce-table6: $(STAMP)  ## Table VI + Figures 16, 17, 18 (HalfCheetah-v1)
-	$(MAKE_DATA)halfcheetah
-	$(TRAIN) experiment=table6_halfcheetah profile=$(PROFILE) $(LAUNCH) $(ARGS)
-	$(ROBOT) table6
-
-reproduce-table7: $(STAMP)  ## Table VII + Figures 19, 20, 21 (Walker2d-v1)
-	$(MAKE_DATA)walker2d
-	$(TRAIN) experiment=table7_walker2d profile=$(PROFILE) $(LAUNCH) $(ARGS)
-	$(ROBOT) table7
-
-reproduce-table1: $(STAMP)  ## Table I: parameters, sizes, measured time per train step (this machine)
-	$(ROBOT) table1
-
-reproduce-ablations: $(STAMP)  ## Tables VIII, IX, X: width / depth / input-noise ablations (Ant-v1)
-	$(MAKE_DATA)ant
-	$(TRAIN) experiment=table8_stu profile=$(PROFILE) $(LAUNCH) $(ARGS)
-	$(TRAIN) experiment=table9_stu_t profile=$(PROFILE) $(LAUNCH) $(ARGS)
-	$(TRAIN) experiment=table10_transformer profile=$(PROFILE) $(LAUNCH) $(ARGS)
-	$(ROBOT) table8 table9 table10
-
-reproduce-robotics: reproduce-table1 reproduce-table2 reproduce-table6 reproduce-table7 reproduce-ablations  ## all of section III
-
-# --- Loss landscapes (Figure 3) and Hessian ratios (Figure 13) on the LDS ------------------------
-.PHONY: reproduce-fig3 reproduce-fig13
-reproduce-fig3: $(STAMP)  ## Figures 3 and 13: loss landscape and curvature after 10 LDS steps
-	$(PY) -m benchmarks.landscape profile=$(PROFILE) $(ARGS)
-reproduce-fig13: reproduce-fig3
-
-.PHONY: reproduce-fig24
-reproduce-fig24: $(STAMP)  ## Figure 24: Hessian-ratio heat maps of the robotics models (width 128, 4 layers) on Ant-v1
-	$(MAKE_DATA)ant
-	$(PY) -m benchmarks.landscape figure=fig24 profile=$(PROFILE) $(ARGS)
-
-.PHONY: reproduce-fig12
-reproduce-fig12: $(STAMP)  ## Figure 12: the first 20 spectral filters (L=512; FIG12_ARGS="--seq-len 1000 --variant hankel_L")
-	$(PY) -m benchmarks.filters $(FIG12_ARGS)

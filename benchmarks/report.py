@@ -1,24 +1,21 @@
-"""Gather run records into tidy tables under ``results/`` and draw each figure under ``plots/``.
+"""Gather run records into tidy tables and draw each figure. Reads records only; never builds a model.
 
-    python -m benchmarks.report fig2_lds [--profile smoke] [--runs runs] [--results results] [--plots plots]
+    python -m benchmarks.report experiment=fig2_lds profile=smoke [paths.runs=...]
 
-For an experiment ``E`` (a ``conf/experiment/E.yaml``) and a profile ``P`` it reads every
-``record.json`` and ``curve.csv`` under ``<runs>/P/E/`` and writes (``results/E/P/`` below is
-written ``results/E/`` in short)
+For an experiment ``E`` and a profile ``P`` it reads the ``record.json`` and ``curve.csv`` of the runs
+under ``<runs>/P/E/`` (``benchmarks.reproduce`` passes exactly its sweep's fingerprints) and writes
 
-* ``results/E/runs.csv``      one row per run: model, seed, status, final metric, params, wall time,
-                              backends, device, git commit, profile;
-* ``results/E/records.jsonl`` the full records (config, versions, ...), so the numbers travel with
-                              their provenance;
-* ``results/E/curves.csv``    the learning curves, tidy (model, seed, step, metric...);
-* ``results/E/summary.md``    final metric per model (mean, spread, trials that solved the task) and
-                              the figure's qualitative claims, each marked as holding or not;
-* ``plots/E_P.png``           the figure in the paper's layout: one curve per model, mean with a
-                              min-max band over trials, log scale where the paper's figure has it.
+* ``<results>/E/P/runs.csv``      one row per run: model, setting, label, seed, status, final metric,
+                                  params, wall time, backends, device, commit, fingerprint;
+* ``<results>/E/P/records.jsonl`` the full records (config, spec, versions, ...);
+* ``<results>/E/P/curves.csv``    the learning curves, tidy (model, setting, seed, step, metric...);
+* ``<results>/E/P/summary.md``    one row per *setting* (the full configuration but the seed: runs
+                                  that differ in anything else are never pooled, and records of
+                                  several tasks are refused), the claims of ``report.checks``;
+* ``<plots>/E/P/E.png``           one curve per setting, mean with a min-max band over seeds.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import math
@@ -45,6 +42,7 @@ COLORS = {"stu": "tab:blue", "stu_t": "tab:orange", "s4d": "tab:green", "mamba2"
 
 
 def experiment_report_config(name: str) -> dict[str, Any]:
+    """The ``report:`` block of ``conf/experiment/<name>.yaml`` ({} when there is none)."""
     path = REPO / "conf" / "experiment" / f"{name}.yaml"
     if not path.exists():
         return {}
@@ -56,19 +54,65 @@ def _order(models) -> list[str]:
     return sorted(models, key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else 99, m))
 
 
-def gather(runs_root: pathlib.Path, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
-    records = read_records(runs_root / experiment)
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def setting_labels(records: list[dict]) -> dict[str, str]:
+    """A readable label per setting: the model's name, plus every spec value that varies between
+    the settings of that model (``STU (model.width=16)``), plus the mixers when they are not the
+    registry model's own (``STU (model.mixers=['my_mixer'])``)."""
+    import models
+
+    by_setting: dict[str, dict] = {}
+    for r in records:
+        by_setting.setdefault(r["setting_fingerprint"], r)
+    labels = {}
+    for fp, r in by_setting.items():
+        name = r["model"]
+        flat = _flat({k: v for k, v in (r.get("spec") or {}).items() if k != "seed"})
+        same_model = [_flat({k: v for k, v in (o.get("spec") or {}).items() if k != "seed"})
+                      for o in by_setting.values() if o["model"] == name]
+        varying = sorted(k for k in flat if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in same_model}) > 1)
+        extra = [f"{k}={flat[k]}" for k in varying]
+        try:
+            own = models.model_config(name).get("mixers")
+        except ValueError:
+            own = None
+        mixers = (r.get("spec") or {}).get("model", {}).get("mixers")
+        if own is not None and mixers != own and "model.mixers" not in varying:
+            extra.insert(0, f"model.mixers={mixers}")
+        labels[fp] = LABELS.get(name, name) + (f" ({', '.join(extra)})" if extra else "")
+    return labels
+
+
+def gather(runs_root: pathlib.Path, experiment: str, fingerprints: set[str] | None = None
+           ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    """Records (and curves) of ``experiment`` under ``runs_root`` (one profile's root); with
+    ``fingerprints``, only those runs (a sweep's own, so older settings do not show)."""
+    records = [r for r in read_records(runs_root / experiment)
+               if fingerprints is None or r.get("config_fingerprint") in fingerprints]
+    for r in records:  # records from before setting fingerprints: one setting per model
+        r.setdefault("setting_fingerprint", f"model:{r.get('model')}")
+    labels = setting_labels(records)
     rows, curves = [], []
     for r in records:
         fm = r.get("final_metrics", {})
         rows.append({
             "experiment": r.get("experiment"), "task": r.get("task"), "model": r.get("model"),
+            "setting": r["setting_fingerprint"], "label": labels[r["setting_fingerprint"]],
             "seed": r.get("seed"), "status": r.get("status"), "steps": r.get("steps_done"),
             "primary_metric": r.get("primary_metric"), "final": r.get("primary_value"),
             **{f"final_{k}": v for k, v in fm.items()},
             "params": r.get("params"), "wall_time_s": r.get("wall_time_s"), "s_per_step": r.get("s_per_step"),
             "backends": r.get("backends"), "device": (r.get("device") or {}).get("gpu") or (r.get("device") or {}).get("cpu"),
-            "git_commit": r.get("git_commit"), "profile": r.get("profile"), "run_dir": r.get("_dir"),
+            "git_commit": r.get("git_commit"), "profile": r.get("profile"),
+            "fingerprint": r.get("config_fingerprint"), "run_dir": r.get("_dir"),
         })
         cpath = pathlib.Path(r["_dir"]) / "curve.csv"
         if cpath.exists() and cpath.stat().st_size:
@@ -78,6 +122,7 @@ def gather(runs_root: pathlib.Path, experiment: str) -> tuple[pd.DataFrame, pd.D
                 print(f"warning: unreadable curve {cpath}: {e}", file=sys.stderr)
                 continue
             c.insert(0, "seed", r.get("seed"))
+            c.insert(0, "setting", r["setting_fingerprint"])
             c.insert(0, "model", r.get("model"))
             curves.append(c)
     runs = pd.DataFrame(rows)
@@ -93,14 +138,25 @@ def _solved(values: pd.Series, rep: dict) -> pd.Series:
     return pd.Series(False, index=values.index)
 
 
+def _settings_in_order(runs: pd.DataFrame) -> list[str]:
+    firsts = runs.drop_duplicates("setting")
+    key = {row["setting"]: (MODEL_ORDER.index(row["model"]) if row["model"] in MODEL_ORDER else 99, row["model"],
+                            row["label"]) for _, row in firsts.iterrows()}
+    return sorted(key, key=key.get)
+
+
 def summarise(runs: pd.DataFrame, rep: dict, higher_is_better: bool) -> pd.DataFrame:
+    """One row per setting (full configuration but the seed): never pools settings or tasks."""
+    tasks_ = runs["task"].dropna().unique()
+    if len(tasks_) > 1:
+        raise ValueError(f"records of several tasks {sorted(tasks_)} in one report; report each task on its own")
     out = []
-    for model in _order(runs["model"].unique()):
-        g = runs[runs["model"] == model]
+    for setting in _settings_in_order(runs):
+        g = runs[runs["setting"] == setting]
         ok = g[g["status"] == "ok"]
         v = ok["final"].astype(float)
         out.append({
-            "model": model, "label": LABELS.get(model, model), "trials": len(g),
+            "model": g["model"].iloc[0], "setting": setting, "label": g["label"].iloc[0], "trials": len(g),
             "diverged": int((g["status"] != "ok").sum()),
             "mean": v.mean(), "std": v.std(ddof=0) if len(v) else math.nan,
             "min": v.min(), "median": v.median(), "max": v.max(),
@@ -113,8 +169,10 @@ def summarise(runs: pd.DataFrame, rep: dict, higher_is_better: bool) -> pd.DataF
 
 
 def check_claims(summary: pd.DataFrame, rep: dict, higher_is_better: bool) -> list[tuple[str, bool | None, str]]:
-    """Evaluate the experiment's ``report.checks``; returns (claim, holds, evidence)."""
-    s = summary.set_index("model")
+    """Evaluate the experiment's ``report.checks``; returns (claim, holds, evidence). A claim names
+    models; it is checked only where each named model has one setting in the report."""
+    counts = summary["model"].value_counts()
+    s = summary.drop_duplicates("model").set_index("model")
     results = []
 
     def better(a, b):
@@ -125,6 +183,10 @@ def check_claims(summary: pd.DataFrame, rep: dict, higher_is_better: bool) -> li
         missing = [m for m in models if m not in s.index]
         if missing:
             results.append((f"{kind} {models}", None, f"no runs for {missing}"))
+            continue
+        several = [m for m in models if counts.get(m, 0) > 1]
+        if several:
+            results.append((f"{kind} {models}", None, f"several settings of {several}: report one setting per model"))
             continue
         lab = [LABELS.get(m, m) for m in models]
         if kind == "all_solved":
@@ -156,7 +218,8 @@ def check_claims(summary: pd.DataFrame, rep: dict, higher_is_better: bool) -> li
     return results
 
 
-def plot(curves: pd.DataFrame, rep: dict, path: pathlib.Path, title: str) -> None:
+def plot(curves: pd.DataFrame, rep: dict, path: pathlib.Path, title: str, labels: dict[str, str] | None = None,
+         models_of: dict[str, str] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,15 +227,19 @@ def plot(curves: pd.DataFrame, rep: dict, path: pathlib.Path, title: str) -> Non
 
     metric = rep.get("metric", "eval_loss")
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
-    for model in _order(curves["model"].unique()):
-        c = curves[curves["model"] == model]
-        if metric not in c:
+    settings = list(labels or curves["setting"].unique())
+    palette = plt.get_cmap("tab10")
+    for i, setting in enumerate(settings):
+        c = curves[curves["setting"] == setting]
+        if metric not in c or c.empty:
             continue
+        model = (models_of or {}).get(setting, c["model"].iloc[0])
         g = c.groupby("step")[metric]
         mean, lo, hi = g.mean(), g.min(), g.max()
         n = c["seed"].nunique()
-        color = COLORS.get(model)
-        ax.plot(mean.index, mean.values, label=f"{LABELS.get(model, model)} (n={n})", color=color, lw=1.6)
+        one_per_model = len(settings) == len({(models_of or {}).get(x, x) for x in settings})
+        color = COLORS.get(model) if one_per_model else palette(i % 10)
+        ax.plot(mean.index, mean.values, label=f"{(labels or {}).get(setting, model)} (n={n})", color=color, lw=1.6)
         ax.fill_between(mean.index, lo.values, hi.values, color=color, alpha=0.18, lw=0)
     if rep.get("log_y"):
         ax.set_yscale("log")
@@ -241,50 +308,63 @@ def write_summary(experiment: str, runs: pd.DataFrame, summary: pd.DataFrame, cl
 
 
 def report(experiment: str, profile: str = "smoke", runs_root="runs", results_root="results",
-           plots_root="plots") -> dict[str, pathlib.Path]:
+           plots_root="plots", fingerprints: set[str] | None = None, rep: dict | None = None,
+           quiet: bool = False) -> dict[str, pathlib.Path]:
+    """Gather the runs of ``experiment`` at ``profile`` (only ``fingerprints`` when given) and write
+    ``<results>/<experiment>/<profile>/`` (runs.csv, curves.csv, records.jsonl, summary.csv,
+    summary.md) and ``<plots>/<experiment>/<profile>/<experiment>.png``. Reads records only."""
     runs_root, results_root, plots_root = map(pathlib.Path, (runs_root, results_root, plots_root))
-    runs, curves, records = gather(runs_root / profile, experiment)
+    runs, curves, records = gather(runs_root / profile, experiment, fingerprints)
     if runs.empty:
         raise SystemExit(f"no run records under {runs_root / profile / experiment}; run the experiment first "
-                         f"(python -m benchmarks.train experiment={experiment} profile={profile})")
-    rep = experiment_report_config(experiment)
+                         f"(python -m benchmarks.reproduce experiment={experiment} profile={profile})")
+    rep = dict(experiment_report_config(experiment) if rep is None else rep)
     rep.setdefault("metric", "eval_" + str(runs["primary_metric"].iloc[0]))
     hib = bool(records[0].get("higher_is_better", True))
     out_dir = results_root / experiment / profile
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = runs.sort_values(["model", "seed"]).reset_index(drop=True)
+    runs = runs.sort_values(["model", "label", "seed"]).reset_index(drop=True)
     runs_csv, curves_csv = out_dir / "runs.csv", out_dir / "curves.csv"
     atomic_write_text(runs_csv, runs.to_csv(index=False))
     atomic_write_text(curves_csv, curves.to_csv(index=False))
     atomic_write_text(out_dir / "records.jsonl",
                       "".join(json.dumps({k: v for k, v in r.items() if k != "_dir"}, sort_keys=True, default=str) + "\n"
-                              for r in records))
+                              for r in sorted(records, key=lambda r: r["_dir"])))
     summary = summarise(runs, rep, hib)
     atomic_write_text(out_dir / "summary.csv", summary.to_csv(index=False))
     claims = check_claims(summary, rep, hib)
-    png = plots_root / f"{experiment}_{profile}.png"
+    png = plots_root / experiment / profile / f"{experiment}.png"
     if not curves.empty:
-        plot(curves, rep, png, rep.get("title", experiment))
+        labels = dict(zip(summary["setting"], summary["label"]))
+        plot(curves, rep, png, f"{rep.get('title', experiment)} ({profile} profile)", labels,
+             dict(zip(summary["setting"], summary["model"])))
     try:
         plot_rel = os.path.relpath(png.resolve(), out_dir.resolve())
     except ValueError:
         plot_rel = str(png)
     md = write_summary(experiment, runs, summary, claims, rep, records, out_dir / "summary.md", plot_rel)
-    print(md)
-    return {"runs": runs_csv, "curves": curves_csv, "summary": out_dir / "summary.md", "plot": png}
+    if not quiet:
+        print(md)
+    return {"runs": runs_csv, "curves": curves_csv, "summary": out_dir / "summary.md", "plot": png,
+            "summary_df": summary, "claims": claims}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiments", nargs="+", help="experiment names (conf/experiment/<name>.yaml)")
-    ap.add_argument("--profile", default="smoke", help="smoke | paper (which runs to gather)")
-    ap.add_argument("--runs", default=None, help="root of run folders (default: $FSB_RUNS or runs)")
-    ap.add_argument("--results", default="results")
-    ap.add_argument("--plots", default="plots")
-    a = ap.parse_args(argv)
-    runs = a.runs or os.environ.get("FSB_RUNS", "runs")
-    for e in a.experiments:
-        report(e, a.profile, runs, a.results, a.plots)
+def main() -> None:
+    """``python -m benchmarks.report experiment=<E> profile=<P> [paths.runs=...]``: every setting
+    found under the runs root (``benchmarks.reproduce`` reports exactly its sweep's runs)."""
+    import hydra
+
+    from benchmarks.config import CONF_DIR
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+    def _main(cfg) -> None:
+        name = str(cfg.experiment_name)
+        if name == "adhoc" and not (REPO / "conf" / "experiment" / "adhoc.yaml").exists():
+            pass
+        report(name, str(cfg.profile.name), cfg.paths.runs, cfg.paths.results, cfg.paths.plots,
+               rep=OmegaConf.to_container(cfg.report, resolve=True) or None)
+
+    _main()
 
 
 if __name__ == "__main__":

@@ -1,88 +1,32 @@
-"""Section III (robotics): evaluation of trained runs, the paper's tables and the prediction figures.
+"""Section III (robotics) tables and figures, from records and saved evaluations only.
 
-    python -m benchmarks.robotics table2 [table6 table7 table1 table8 table9 table10]
-        [--profile smoke] [--runs runs] [--results results] [--plots plots]
-        [--predictions 500] [--max-trajectories N] [--override profile.mujoco_context=16 ...]
-
-The training runs come from ``benchmarks/train.py`` (``conf/experiment/table*.yaml``); this module
-only reads their records (and, for Tables II/VI/VII, their saved weights ``model.pt``). It writes
-
-* ``results/table<N>.md`` and ``.tex``: the paper's table with our column beside the paper's (the
-  paper's numbers come from ``benchmarks/paper_tables.yaml`` and are marked as references), the
-  profile, run folders, commits and devices that produced our numbers;
-* ``results/<experiment>/<profile>/``: ``runs.csv``, ``curves.csv``, ``records.jsonl``, ``summary.md``
-  (``benchmarks.report``), and for Tables II/VI/VII ``predictions.csv`` (per-step next-step and
-  autoregressive losses) and ``features.csv`` (Figures 22/23);
-* ``plots/<experiment>_<profile>.png`` (training curves, Figures 6/16/19 and the ablations),
-  ``plots/<experiment>_nextstep_<profile>.png`` (Figures 7/17/20),
-  ``plots/<experiment>_autoregressive_<profile>.png`` (Figures 8/18/21) and, for Ant,
-  ``plots/table2_ant_fig22_<profile>.png`` / ``..._fig23_...`` (feature trajectories).
-
-Prediction evaluation (Figures 7/8): on each validation trajectory (T = 1000 steps) the model makes
-``P`` = 500 predictions of ``x_{t+1}`` for ``t = t0, ..., t0+P-1`` with ``t0 = min(context-1, T-P)``
-(the earliest start at which every window is full: 63 at the smoke profile's context 64, 500 at
-context 512), each from the window of the last ``context`` inputs ``[x_s, u_s]`` (shorter only
-when ``context > T-P+1``).
-
-* next-step: the window holds ground-truth states and actions (as in training/validation);
-* autoregressive: the states of the window after ``t0`` are the model's own earlier
-  predictions; the rollout function is only given ``x_0..x_t0``, so it cannot see any later
-  ground-truth state. Actions ``u_t`` stay ground truth: they are exogenous inputs (the recorded
-  agent's torques), not something the dynamics model predicts.
-
-Both losses are the paper's ``1/2 ||x^_{t+1} - x_{t+1}||^2`` on normalised states, per prediction
-step, averaged over validation trajectories; the tables give their mean over the ``P`` predictions.
+``report.kind: robotics`` (Tables II, VI, VII): the paper's validation loss beside ours, our
+next-step and autoregressive losses (from ``benchmarks.evaluation``'s files beside each run), the
+no-change reference, the paper's pairwise orderings checked, Figures 6-8 / 16-18 / 19-21 and, for
+Ant, Figures 22/23. ``report.kind: ablation`` (Tables VIII-X): the paper's eleven rows beside ours.
+What each table is (its paper key, figure numbers, feature indices, ablation rows) is declared in
+its ``conf/experiment/<E>.yaml``; outputs go to ``<results>/<E>/<profile>/table.md|.tex`` and
+``<plots>/<E>/<profile>/``. Nothing here builds a model.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
 import os
 import pathlib
-import sys
-import time
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 
-from benchmarks.records import REPO, atomic_write_text, device_info, git_commit, read_records
+from benchmarks.records import REPO, atomic_write_text, read_records
 
 PAPER_FILE = REPO / "benchmarks" / "paper_tables.yaml"
 PAPER_NAMES = {"robotics_stu": "STU", "robotics_stu_t": "STU-T", "robotics_transformer": "Transformer",
                "robotics_mamba2": "Mamba-2"}
 ROBOTICS_MODELS = list(PAPER_NAMES)
 
-ENV_TABLES = {
-    "table2": dict(experiment="table2_ant", env="ant", robot="Ant-v1", roman="II", paper="table2_ant_val_loss",
-                   figs=("6", "7", "8")),
-    "table6": dict(experiment="table6_halfcheetah", env="halfcheetah", robot="HalfCheetah-v1", roman="VI",
-                   paper="table6_halfcheetah_val_loss", figs=("16", "17", "18")),
-    "table7": dict(experiment="table7_walker2d", env="walker2d", robot="Walker2D-v1", roman="VII",
-                   paper="table7_walker2d_val_loss", figs=("19", "20", "21")),
-}
-ABLATION_TABLES = {
-    "table8": dict(experiment="table8_stu", model="robotics_stu", roman="VIII", paper="table8_stu"),
-    "table9": dict(experiment="table9_stu_t", model="robotics_stu_t", roman="IX", paper="table9_stu_t"),
-    "table10": dict(experiment="table10_transformer", model="robotics_transformer", roman="X",
-                    paper="table10_transformer"),
-}
-# The paper's eleven ablation rows (width, layers, noise std, noise freq) -> our setting (conf/ablation).
-ABLATION_ROWS = [("w32", 32, 4, 0.0, 0.0), ("w64", 64, 4, 0.0, 0.0), ("w96", 96, 4, 0.0, 0.0),
-                 ("w128", 128, 4, 0.0, 0.0), ("d1", 32, 1, 0.0, 0.0), ("d2", 32, 2, 0.0, 0.0),
-                 ("w32", 32, 4, 0.0, 0.0), ("d6", 32, 6, 0.0, 0.0), ("w32", 32, 4, 0.0, 0.0),
-                 ("n01", 32, 4, 0.1, 0.1), ("n05", 32, 4, 0.5, 0.1)]
-# Figures 22/23: Ant-v1 (seals) observation = [qpos (15), qvel (14)]:
-#   0-2 torso x, y, z; 3-6 torso quaternion; 7-14 hip_1, ankle_1, hip_2, ankle_2, hip_3, ankle_3, hip_4, ankle_4
-#   15-17 torso linear velocity; 18-20 torso angular velocity (x, y, z); 21-28 joint velocities.
-# hip_4/ankle_4 are the joints of the body "right_back_leg", so the angle between the two links on the
-# back right is ankle_4 = index 14; the torso's x angular velocity is index 18.
-FEATURES = {"ant": [("fig22", 14, "Figure 22", "angle between the two links on the back right (ankle_4, rad)",
-                     "ankle_4 angle (rad)"),
-                    ("fig23", 18, "Figure 23", "torso angular velocity about x (rad/s)", "torso x angular velocity (rad/s)")]}
 FEATURE_STEPS = 50  # the paper plots 50 time steps
 
 
@@ -92,166 +36,6 @@ def paper_tables() -> dict[str, Any]:
 
 def _label(model: str) -> str:
     return PAPER_NAMES.get(model, model)
-
-
-# ---------------------------------------------------------------------------------------- predictions
-@torch.no_grad()
-def next_step_predictions(model, x: torch.Tensor, u: torch.Tensor, t0: int, n_pred: int, context: int,
-                          batch_size: int = 256) -> torch.Tensor:
-    """Prediction ``k`` (0-based) of ``x_{t0+k+1}`` from the ground-truth window of inputs
-    ``[x_s, u_s]``, ``s = max(0, t-context+1) .. t``, ``t = t0 + k``. ``x``: (n, >= t0+n_pred, dx)
-    normalised states, ``u``: (n, >= t0+n_pred, du) normalised actions. Returns (n, n_pred, dx)."""
-    n = x.shape[0]
-    out = None
-    by_len: dict[int, list[int]] = {}
-    for k in range(n_pred):
-        t = t0 + k
-        by_len.setdefault(t - max(0, t - context + 1) + 1, []).append(k)
-    for length, ks in by_len.items():
-        ks_t = torch.tensor(ks)
-        starts = t0 + ks_t - length + 1
-        idx = starts[:, None] + torch.arange(length)[None, :]  # (nk, length)
-        inp = torch.cat([x[:, idx], u[:, idx]], dim=-1).reshape(n * len(ks), length, -1)
-        preds = torch.cat([model(inp[i: i + batch_size])[:, -1] for i in range(0, len(inp), batch_size)])
-        if out is None:
-            out = torch.empty(n, n_pred, preds.shape[-1], dtype=preds.dtype, device=preds.device)
-        out[:, ks_t] = preds.reshape(n, len(ks), -1)
-    return out
-
-
-@torch.no_grad()
-def autoregressive_predictions(model, x_hist: torch.Tensor, u: torch.Tensor, n_pred: int,
-                               context: int) -> torch.Tensor:
-    """Autoregressive rollout. ``x_hist``: (n, t0+1, dx) the ground-truth states ``x_0..x_t0`` -- the
-    only states this function is given; ``u``: (n, >= t0+n_pred, du) the actions (exogenous inputs).
-    Prediction ``k`` of ``x_{t0+k+1}`` comes from the window ``s..t`` (``t = t0+k``) whose states after
-    ``t0`` are the model's own earlier predictions. Returns (n, n_pred, dx)."""
-    t0 = x_hist.shape[1] - 1
-    if u.shape[1] < t0 + n_pred:
-        raise ValueError(f"need actions up to u_{t0 + n_pred - 1}, got {u.shape[1]} steps")
-    buf = torch.empty(x_hist.shape[0], t0 + 1 + n_pred, x_hist.shape[2], dtype=x_hist.dtype, device=x_hist.device)
-    buf[:, : t0 + 1] = x_hist
-    for k in range(n_pred):
-        t = t0 + k
-        s = max(0, t - context + 1)
-        inp = torch.cat([buf[:, s: t + 1], u[:, s: t + 1]], dim=-1)
-        buf[:, t + 1] = model(inp)[:, -1]
-    return buf[:, t0 + 1:].clone()
-
-
-def prediction_losses(model, task, n_pred: int, max_traj: int | None = None, device="cpu") -> dict[str, np.ndarray]:
-    """Next-step and autoregressive predictions on the validation trajectories of ``task``."""
-    traj = task.val_trajectories()
-    n = len(traj["states"]) if max_traj is None else min(int(max_traj), len(traj["states"]))
-    X = torch.from_numpy(task.normalize_states(traj["states"][:n])).to(device)
-    U = torch.from_numpy(task.normalize_actions(traj["actions"][:n])).to(device)
-    T = U.shape[1]
-    if not 0 < n_pred <= T:
-        raise ValueError(f"{n_pred} predictions do not fit trajectories of {T} steps")
-    L = int(task.context)
-    t0 = min(L - 1, T - n_pred)  # full windows from the first prediction on, when the trajectory allows it
-    was = model.training
-    model.eval()
-    ns = next_step_predictions(model, X, U, t0, n_pred, L)
-    ar = autoregressive_predictions(model, X[:, : t0 + 1], U, n_pred, L)
-    model.train(was)
-    tgt = X[:, t0 + 1: t0 + 1 + n_pred]
-    loss = lambda p: (0.5 * (p - tgt).float().pow(2).sum(-1)).cpu().numpy()  # noqa: E731
-    den = lambda p: task.denormalize_states(p.cpu().numpy())  # noqa: E731
-    return {"loss_next": loss(ns), "loss_ar": loss(ar), "pred_next": den(ns), "pred_ar": den(ar),
-            "true": traj["states"][:n, t0 + 1: t0 + 1 + n_pred].astype(np.float32), "t0": np.array(t0),
-            "seeds": np.asarray(traj["seeds"][:n])}
-
-
-class Persistence(torch.nn.Module):
-    """Reference predictor without training: no change, x^_{t+1} = x_t (the state part of the last input)."""
-
-    def __init__(self, state_dim: int):
-        super().__init__()
-        self.state_dim = state_dim
-
-    def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        return inp[..., : self.state_dim].clone()
-
-
-@torch.no_grad()
-def validation_loss(model, task, batch_size: int = 256) -> float:
-    """The runner's validation metric (``loss`` over every validation transition) for any model."""
-    tot, w = 0.0, 0.0
-    for b in task.val_batches(batch_size):
-        m = task.metrics(model(b.inputs), b)
-        n = float(b.mask.sum())
-        tot, w = tot + m["loss"] * n, w + n
-    return tot / max(w, 1.0)
-
-
-def load_trained(run_dir: pathlib.Path, device="cpu"):
-    import models
-
-    ck = torch.load(pathlib.Path(run_dir) / "model.pt", map_location=device, weights_only=False)
-    model = models._instantiate(ck["model_config"], f"model {ck.get('model')!r}", **ck["shapes"])
-    model.load_state_dict(ck["state_dict"])
-    return model.to(device).eval()
-
-
-_TASKS: dict[str, Any] = {}
-
-
-def task_of(record: dict[str, Any]):
-    from hydra.utils import instantiate
-
-    cfg = dict(record["config"]["task"])
-    cfg["progress"] = False
-    key = json.dumps(cfg, sort_keys=True, default=str)
-    if key not in _TASKS:
-        _TASKS[key] = instantiate(cfg, _convert_="all")
-    return _TASKS[key]
-
-
-def evaluate_run(record: dict[str, Any], n_pred: int, max_traj: int | None, device="cpu") -> dict[str, np.ndarray]:
-    """Prediction losses of one finished run, cached in its folder beside ``model.pt``."""
-    rdir = pathlib.Path(record["_dir"])
-    cache = rdir / f"predictions_P{n_pred}_n{max_traj if max_traj is not None else 'all'}.npz"
-    mpath = rdir / "model.pt"
-    if not mpath.exists():
-        raise SystemExit(f"{mpath} is missing: the run was made without save_model=true (rerun it with force=true)")
-    if cache.exists() and cache.stat().st_mtime >= mpath.stat().st_mtime:
-        with np.load(cache) as z:
-            return {k: z[k] for k in z.files}
-    t = time.perf_counter()
-    model = load_trained(rdir, device)
-    out = prediction_losses(model, task_of(record), n_pred, max_traj, device)
-    out["eval_seconds"] = np.array(time.perf_counter() - t)
-    tmp = cache.with_name(cache.stem + ".tmp.npz")
-    np.savez(tmp, **out)
-    os.replace(tmp, cache)
-    print(f"[eval] {rdir}: next-step {out['loss_next'].mean():.4g}, autoregressive {out['loss_ar'].mean():.4g} "
-          f"({float(out['eval_seconds']):.1f}s)", file=sys.stderr)
-    return out
-
-
-def _eval_worker(record: dict[str, Any], n_pred: int, max_traj: int | None, device: str, threads: int | None) -> str:
-    if threads:
-        torch.set_num_threads(threads)
-    evaluate_run(record, n_pred, max_traj, device)
-    return record["_dir"]
-
-
-def evaluate_runs(records: list[dict[str, Any]], n_pred: int, max_traj: int | None, device: str = "cpu",
-                  jobs: int = 1, threads: int | None = None) -> None:
-    """Fill the prediction caches of ``records``, ``jobs`` processes at a time (one thread each on a
-    CPU by default: small sequential forwards of the rollouts slow down badly with more threads
-    than free cores)."""
-    if jobs <= 1 or len(records) <= 1:
-        for r in records:
-            _eval_worker(r, n_pred, max_traj, device, threads)
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-        for f in [ex.submit(_eval_worker, r, n_pred, max_traj, device, threads) for r in records]:
-            f.result()
 
 
 # ------------------------------------------------------------------------------------- provenance
@@ -391,47 +175,49 @@ def plot_feature(per_model: dict[str, dict[str, np.ndarray]], index: int, title:
     plt.close(fig)
 
 
-def plot_ablation_curves(curves, runs, title: str, path: pathlib.Path) -> None:
-    from benchmarks.report import finish_plot
-
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
-    cmap = plt.get_cmap("tab10")
-    for i, (setting, g) in enumerate(sorted(runs.groupby("ablation"))):
-        dirs = set(g["run_dir"])
-        c = curves[curves["run_dir"].isin(dirs)]
-        if c.empty or "eval_loss" not in c:
-            continue
-        m = c.groupby("step")["eval_loss"].mean()
-        ax.plot(m.index, m.values, color=cmap(i % 10), lw=1.3, label=setting)
-    ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation loss")
-    finish_plot(fig, ax, title, path, legend_cols=2)
-
-
 # ------------------------------------------------------------------------- Tables II, VI, VII
-def env_table(which: str, profile: str, runs_root: pathlib.Path, results: pathlib.Path, plots: pathlib.Path,
-              n_pred: int, max_traj: int | None, device: str = "cpu", jobs: int = 1,
-              threads: int | None = None) -> pathlib.Path:
+def report_table(cfg, jobs: list[dict[str, Any]]) -> pathlib.Path:
+    """The table of a robotics experiment (``report.kind``: ``robotics`` or ``ablation``) from the
+    records of exactly ``jobs`` (the sweep's runs) and the evaluations saved beside them."""
+    from omegaconf import OmegaConf
+
+    rep = OmegaConf.to_container(cfg.report, resolve=True)
+    name, profile = str(cfg.experiment_name), str(cfg.profile.name)
+    runs_root = pathlib.Path(cfg.paths.runs)
+    fps = {j["fingerprint"] for j in jobs}
+    records = [r for r in read_records(runs_root / profile / name) if r.get("config_fingerprint") in fps]
+    if not records:
+        raise SystemExit(f"no run records of this sweep under {runs_root / profile / name}")
+    results = pathlib.Path(cfg.paths.results) / name / profile
+    plots = pathlib.Path(cfg.paths.plots) / name / profile
+    ev = OmegaConf.to_container(cfg.profile.robotics_eval, resolve=True)
+    if rep["kind"] == "robotics":
+        return env_table(name, profile, rep, records, runs_root, results, plots, int(ev["predictions"]),
+                         ev.get("max_trajectories"))
+    return ablation_table(name, profile, rep, records, runs_root, results, plots)
+
+
+def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict], runs_root: pathlib.Path,
+              results: pathlib.Path, plots: pathlib.Path, n_pred: int, max_traj: int | None) -> pathlib.Path:
+    """Tables II / VI / VII with Figures 6-8 (16-18, 19-21) and 22/23, from records and the saved
+    prediction evaluations (:mod:`benchmarks.evaluation`)."""
+    from benchmarks.evaluation import baseline_path, load_predictions
     from benchmarks.report import report
 
-    spec = ENV_TABLES[which]
-    exp = spec["experiment"]
-    records = [r for r in read_records(runs_root / profile / exp) if r.get("model") in ROBOTICS_MODELS]
-    if not records:
-        raise SystemExit(f"no run records under {runs_root / profile / exp}; "
-                         f"run python -m benchmarks.train experiment={exp} profile={profile} first")
-    rep = report(exp, profile, runs_root, results, plots)  # runs.csv, curves, summary.md, training-curve figure
-    out_dir = results / exp / profile
-    paper = paper_tables()[spec["paper"]]
+    records = [r for r in records if r.get("model") in ROBOTICS_MODELS]
+    fps = {r["config_fingerprint"] for r in records}
+    rep = report(exp, profile, runs_root, results.parent.parent, plots.parent.parent, fingerprints=fps, rep=spec,
+                 quiet=True)  # runs.csv, curves, summary.md, training-curve figure
+    out_dir = results
+    table, figures = spec["table"], spec["figures"]
+    paper = paper_tables()[table["paper"]]
+    features = [(f["tag"], int(f["index"]), f["figure"], f["what"], f["ylabel"]) for f in spec.get("features") or []]
 
     per_model: dict[str, dict[str, np.ndarray]] = {}
     pred_rows, feat_rows = [], []
     ok = [r for r in records if r.get("status") == "ok"]
-    evaluate_runs(ok, n_pred, max_traj, device, jobs, threads)
     for r in ok:
-        d = evaluate_run(r, n_pred, max_traj, device)
+        d = load_predictions(r, n_pred, max_traj)
         agg = per_model.setdefault(r["model"], {k: [] for k in ("loss_next", "loss_ar", "pred_next", "pred_ar", "true")})
         for k in agg:
             agg[k].append(d[k])
@@ -439,7 +225,7 @@ def env_table(which: str, profile: str, runs_root: pathlib.Path, results: pathli
         for i in range(d["loss_next"].shape[1]):
             pred_rows.append({"model": r["model"], "seed": r["seed"], "k": i + 1, "t": int(d["t0"]) + i + 1,
                               "loss_next": float(d["loss_next"][:, i].mean()), "loss_ar": float(d["loss_ar"][:, i].mean())})
-        for tag, idx, _fig, _desc, _y in FEATURES.get(spec["env"], []):
+        for tag, idx, _fig, _desc, _y in features:
             for i in range(min(FEATURE_STEPS, d["true"].shape[1])):
                 feat_rows.append({"feature": tag, "index": idx, "model": r["model"], "seed": r["seed"],
                                   "t": int(d["t0"]) + i + 1, "true": float(d["true"][:, i, idx].mean()),
@@ -456,29 +242,27 @@ def env_table(which: str, profile: str, runs_root: pathlib.Path, results: pathli
     figs: dict[str, pathlib.Path] = {"training": rep["plot"]}
     if per_model:
         n_traj = next(iter(per_model.values()))["true"].shape[0]
-        f7, f8 = spec["figs"][1], spec["figs"][2]
-        figs["next"] = plots / f"{exp}_nextstep_{profile}.png"
-        plot_prediction_losses(per_model, "loss_next", f"Figure {f7}: {spec['robot']} next-step prediction loss "
+        f7, f8 = figures["next_step"], figures["autoregressive"]
+        figs["next"] = plots / "nextstep.png"
+        plot_prediction_losses(per_model, "loss_next", f"Figure {f7}: {table['robot']} next-step prediction loss "
                                f"({n_pred} predictions, {profile} profile)", figs["next"])
-        figs["ar"] = plots / f"{exp}_autoregressive_{profile}.png"
-        plot_prediction_losses(per_model, "loss_ar", f"Figure {f8}: {spec['robot']} autoregressive next-step "
+        figs["ar"] = plots / "autoregressive.png"
+        plot_prediction_losses(per_model, "loss_ar", f"Figure {f8}: {table['robot']} autoregressive next-step "
                                f"prediction loss ({n_pred} predictions, {profile} profile)", figs["ar"])
         if feat_rows:
             atomic_write_text(out_dir / "features.csv", pd.DataFrame(feat_rows).to_csv(index=False))
-        for tag, idx, fig, desc, ylab in FEATURES.get(spec["env"], []):
-            figs[tag] = plots / f"{exp}_{tag}_{profile}.png"
-            plot_feature(per_model, idx, f"{fig}: {spec['robot']} {desc}, observation index {idx}\ntruth and "
+        for tag, idx, fig, desc, ylab in features:
+            figs[tag] = plots / f"{tag}.png"
+            plot_feature(per_model, idx, f"{fig}: {table['robot']} {desc}, observation index {idx}\ntruth and "
                          f"predictions averaged over {n_traj} validation trajectories, first {FEATURE_STEPS} "
                          f"predictions ({profile} profile)", ylab, figs[tag])
 
-    # ---- reference row: predicting no change (computed here on the same validation data)
+    # ---- reference row: predicting no change (evaluated beside the runs by benchmarks.evaluation)
     base = None
-    if ok:
-        task = task_of(ok[0])
-        pers = Persistence(task.d_out)
-        pd_ = prediction_losses(pers, task, n_pred, max_traj, "cpu")
-        base = {"val": validation_loss(pers, task), "next": float(pd_["loss_next"].mean()),
-                "ar": float(pd_["loss_ar"].mean())}
+    bpath = baseline_path(runs_root / profile / exp, n_pred, max_traj)
+    if ok and bpath.exists():
+        with np.load(bpath) as z:
+            base = {"val": float(z["val"]), "next": float(z["loss_next"].mean()), "ar": float(z["loss_ar"].mean())}
 
     # ---- the table
     header = ["Model", "Params (ours)", "Validation loss (ours)", "Validation loss (paper, reference)",
@@ -502,17 +286,17 @@ def env_table(which: str, profile: str, runs_root: pathlib.Path, results: pathli
                      _fmt(base["next"]), _fmt(base["ar"])])
     checks = ordering_checks(paper, ours)
     held = sum(1 for c in checks if c[1])
-    title = f"Table {spec['roman']}: {spec['robot']} comparative validation loss"
+    title = f"Table {table['roman']}: {table['robot']} comparative validation loss"
     notes = _provenance(records, runs_root, profile) + [
         f"- Ours: final loss 1/2 ||x^_(t+1) - x_(t+1)||^2 on normalised states over every transition of the validation "
-        f"trajectories (mean over seeds when there are several). Paper: the value printed in Table {spec['roman']} "
+        f"trajectories (mean over seeds when there are several). Paper: the value printed in Table {table['roman']} "
         f"(copied from `benchmarks/paper_tables.yaml`; a reference, not a result of this suite).",
         f"- Next-step / autoregressive: {n_pred} predictions per validation trajectory starting at t0 = "
         f"{int(next(iter(per_model.values()))['t0']) if per_model else 'n/a'}, averaged over "
         f"{next(iter(per_model.values()))['true'].shape[0] if per_model else 0} trajectories per run. Autoregressive "
         "rollouts feed back their own state predictions and never see a ground-truth state after t0; actions are "
         "the recorded (ground-truth) actions, as exogenous inputs. The paper gives these only as figures "
-        f"({spec['figs'][1]}, {spec['figs'][2]}), so there is no paper column for them.",
+        f"({figures['next_step']}, {figures['autoregressive']}), so there is no paper column for them.",
     ]
     md = [f"# {title}", ""] + notes + [""] + _md_table(header, rows) + [
         "", f"## The paper's orderings at this size ({held} of {len(checks)} pairwise orderings hold)", ""]
@@ -521,18 +305,18 @@ def env_table(which: str, profile: str, runs_root: pathlib.Path, results: pathli
                       "holds" if h else ("no runs" if h is None else "**does not hold**")]
                      for (a, b, pa, pb, oa, ob), h in ((c[0], c[1]) for c in checks)], "|---|---|---|")
     md += ["", "## Figures", ""]
-    fig_names = {"training": f"Figure {spec['figs'][0]}: validation loss during training",
-                 "next": f"Figure {spec['figs'][1]}: next-step prediction loss",
-                 "ar": f"Figure {spec['figs'][2]}: autoregressive next-step prediction loss",
-                 "fig22": "Figure 22: back-right link angle (index 14)", "fig23": "Figure 23: torso x angular velocity (index 18)"}
+    fig_names = {"training": f"Figure {figures['training']}: validation loss during training",
+                 "next": f"Figure {figures['next_step']}: next-step prediction loss",
+                 "ar": f"Figure {figures['autoregressive']}: autoregressive next-step prediction loss",
+                 **{tag: f"{fig}: {desc} (index {idx})" for tag, idx, fig, desc, _ in features}}
     for k, p in figs.items():
         md += [f"![{fig_names.get(k, k)}]({_rel(p, results)})", ""]
     md += _run_list(records)
-    atomic_write_text(results / f"{which}.md", "\n".join(md) + "\n")
-    atomic_write_text(results / f"{which}.tex", _tex_table(f"{title} ({profile} profile)", header, rows,
-                                                           notes[:3] + notes[4:5]))
+    atomic_write_text(results / "table.md", "\n".join(md) + "\n")
+    atomic_write_text(results / "table.tex", _tex_table(f"{title} ({profile} profile)", header, rows,
+                                                        notes[:3] + notes[4:5]))
     print("\n".join(md))
-    return results / f"{which}.md"
+    return results / "table.md"
 
 
 def ordering_checks(paper: dict[str, float], ours: dict[str, float]):
@@ -547,125 +331,27 @@ def ordering_checks(paper: dict[str, float], ours: dict[str, float]):
     return out
 
 
-# --------------------------------------------------------------------------------------- Table I
-def _compose(profile: str, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=["experiment=table2_ant", f"profile={profile}", *overrides])
-
-
-def table1(profile: str, runs_root: pathlib.Path, results: pathlib.Path, overrides: list[str], device: str = "auto",
-           timing_steps: int | None = None) -> pathlib.Path:
-    """Table I: the four Ant-v1 models, their sizes, and time per train step measured here."""
-    import models
-    from omegaconf import OmegaConf
-
-    cfg = _compose(profile, overrides)
-    prof = cfg.profile
-    context = int(OmegaConf.select(cfg, "profile.mujoco_context", default=512))
-    bs = cfg.batch_size or (prof.batch_size.get("mujoco_ant") if prof.batch_size else None) or 32
-    n_time = int(timing_steps or OmegaConf.select(cfg, "profile.robotics_eval.timing_steps", default=20))
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    paper = paper_tables()["table1_ant_models"]
-    rows, timing = [], {}
-    d_in, d_out = 37, 29  # Ant-v1: [x_t (29), u_t (8)] -> x_{t+1}
-    for m in ROBOTICS_MODELS:
-        mc = models.model_config(m)
-        torch.manual_seed(0)
-        model = models._instantiate(mc, m, d_in=d_in, d_out=d_out, seq_len=context).to(dev)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        x = torch.randn(int(bs), context, d_in, device=dev)
-        y = torch.randn(int(bs), context, d_out, device=dev)
-        times = []
-        for i in range(3 + n_time):
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            out = model(x)
-            loss = 0.5 * (out - y).pow(2).sum(-1).mean() + model.aux_loss.to(dev)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= 3:
-                times.append(time.perf_counter() - t)
-        ms = 1000 * float(np.median(times))
-        p = paper[_label(m)]
-        hidden = max(1, int(round(mc["mlp_scale"] * mc["width"])))
-        ff = (f"MoE {mc['num_experts']} experts, top-{mc['top_k']}" if mc.get("moe") else "no")
-        filt = "-"
-        for name in mc["mixers"]:
-            mix = models._load("mixer", name)
-            if "num_filters" in mix:
-                filt = str(mix["num_filters"])
-        params = models.count_params(model)
-        timing[m] = {"ms_per_step_median": ms, "ms_per_step_all": [1000 * t for t in times], "params": params,
-                     "swiglu_hidden": hidden}
-        rows.append([_label(m), f"{params / 1e6:.3f}M ({params:,})", f"{p['params_m']:.2f}M",
-                     f"{mc['width']}/{mc['depth']}", f"{p['width']}/{p['depth']}", f"{p['mlp_scale']}",
-                     f"SwiGLU {hidden} ({mc['mlp_scale']:g} x width)", filt, f"{p['filters'] or '-'}", ff,
-                     str(p["moe"]), f"{ms:.1f} ms", f"{p['ms_per_step']} ms"])
-    info = device_info(dev)
-    dname = info.get("gpu") or f"{info.get('cpu')} (torch threads: {info.get('torch_threads')})"
-    header = ["Model", "Params (ours)", "Params (paper)", "Width/Depth (ours)", "Width/Depth (paper)",
-              "MLP scale (paper)", "MLP (ours)", "Filters (ours)", "Filters (paper)", "MoE (ours)", "MoE (paper)",
-              "Time/train step (ours)", "Time/train step (paper)"]
-    commit = git_commit()
-    notes = [f"- Profile: **{profile}**; timing measured by `python -m benchmarks.robotics table1` on **{dname}** "
-             f"(device `{dev}`), commit {commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}, "
-             f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}.",
-             f"- Time per train step: median of {n_time} AdamW steps (forward, MoE auxiliary loss, backward, update) after "
-             f"3 warm-up steps, batch {bs} x window {context} x 37 input features (Ant-v1), float32. The paper's times "
-             "are from its own (GPU) hardware and sizes, given for reference only.",
-             "- Params (ours): the models of `conf/model/robotics_*.yaml` built for Ant-v1 (37 inputs, 29 outputs). "
-             "MLP scale s is read as a SwiGLU hidden size of s x width / 4 (see the README, section Robotics). "
-             "Paper columns come from `benchmarks/paper_tables.yaml` (references).",
-             f"- Raw timings: `{_rel(results / 'table1' / profile / 'timing.json', results)}`."]
-    md = ["# Table I: model specifications for the Ant-v1 task", ""] + notes + [""] + _md_table(header, rows)
-    atomic_write_text(results / "table1.md", "\n".join(md) + "\n")
-    atomic_write_text(results / "table1.tex", _tex_table(f"Table I: model specifications for Ant-v1 ({profile} profile)",
-                                                         header, rows, notes[:2]))
-    atomic_write_text(results / "table1" / profile / "timing.json",
-                      json.dumps({"profile": profile, "device": info, "batch_size": int(bs), "context": context,
-                                  "timed_steps": n_time, "commit": commit, "models": timing}, indent=2) + "\n")
-    print("\n".join(md))
-    return results / "table1.md"
-
-
 # ------------------------------------------------------------------------------ Tables VIII-X
-def ablation_table(which: str, profile: str, runs_root: pathlib.Path, results: pathlib.Path,
-                   plots: pathlib.Path) -> pathlib.Path:
+def ablation_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict], runs_root: pathlib.Path,
+                   results: pathlib.Path, plots: pathlib.Path) -> pathlib.Path:
+    """Tables VIII-X: the paper's eleven rows (``report.rows`` of the experiment) beside ours."""
+    from benchmarks.report import report
+
+    fps = {r["config_fingerprint"] for r in records}
+    rep = report(exp, profile, runs_root, results.parent.parent, plots.parent.parent, fingerprints=fps, rep=spec,
+                 quiet=True)
     import pandas as pd
 
-    from benchmarks.report import gather, report
-
-    spec = ABLATION_TABLES[which]
-    exp = spec["experiment"]
-    records = read_records(runs_root / profile / exp)
-    if not records:
-        raise SystemExit(f"no run records under {runs_root / profile / exp}; "
-                         f"run python -m benchmarks.train experiment={exp} profile={profile} first")
-    rep = report(exp, profile, runs_root, results, plots)
-    runs, _, _ = gather(runs_root / profile, exp)
+    runs = pd.read_csv(rep["runs"])
     by_dir = {r["_dir"]: (r.get("config") or {}).get("ablation_name") for r in records}
     runs["ablation"] = runs["run_dir"].map(by_dir)
-    # report() drew one band over all settings of the model; redraw one curve per setting
-    parts = []
-    for r in records:
-        c = pathlib.Path(r["_dir"]) / "curve.csv"
-        if c.exists() and c.stat().st_size:
-            parts.append(pd.read_csv(c).assign(run_dir=r["_dir"]))
-    if parts:
-        plot_ablation_curves(pd.concat(parts, ignore_index=True), runs, f"Table {spec['roman']}: "
-                             f"{_label(spec['model'])} ablations on Ant-v1 ({profile} profile)", rep["plot"])
-    paper = paper_tables()[spec["paper"]]
+    table = spec["table"]
+    paper = paper_tables()[table["paper"]]
     header = ["Model", "Params (ours)", "Params (paper)", "Width", "Layers", "Noise/Frequency", "Loss (ours)",
               "MSE loss (paper, reference)"]
     rows = []
     seen = set()
-    for (setting, w, d, ns, nf), prow in zip(ABLATION_ROWS, paper):
+    for (setting, w, d, ns, nf), prow in zip(spec["rows"], paper):
         g = runs[runs["ablation"] == setting]
         ok = g[g["status"] == "ok"]
         vals = [float(v) for v in ok["final"]]
@@ -674,69 +360,22 @@ def ablation_table(which: str, profile: str, runs_root: pathlib.Path, results: p
         if len(g) and setting in seen:
             val += " (same run as above)"
         seen.add(setting)
-        rows.append([_label(spec["model"]), params, f"{prow[0]:.2f}M", str(w), str(d), f"{ns}/{nf}", val,
+        rows.append([_label(table["model"]), params, f"{prow[0]:.2f}M", str(w), str(d), f"{ns}/{nf}", val,
                      f"{prow[5]:.4f}"])
-    title = f"Table {spec['roman']}: ablation studies for {_label(spec['model'])} models (Ant-v1)"
+    title = f"Table {table['roman']}: ablation studies for {_label(table['model'])} models (Ant-v1)"
     notes = _provenance(records, runs_root, profile) + [
         "- Ours: final validation loss 1/2 ||x^ - x||^2 on normalised states (the loss of Table II); the paper calls "
         "its column 'MSE loss' without saying whether it halves it. Noise: std/frequency of Gaussian noise added to "
         "the inputs of a time step (training only).",
-        f"- Our models are `conf/model/{spec['model']}.yaml` with width/depth changed; the paper's ablation models "
+        f"- Our models are `conf/model/{table['model']}.yaml` with width/depth changed; the paper's ablation models "
         "have other parameter counts (e.g. its width-64 STU has 0.63M, Table I's 0.55M), so the architecture of its "
         "ablations is not exactly Table I's. Paper columns come from `benchmarks/paper_tables.yaml` (references).",
     ]
     md = [f"# {title}", ""] + notes + [""] + _md_table(header, rows)
     md += ["", f"![training curves]({_rel(rep['plot'], results)})", ""] + _run_list(records)
-    atomic_write_text(results / f"{which}.md", "\n".join(md) + "\n")
-    atomic_write_text(results / f"{which}.tex", _tex_table(f"{title} ({profile} profile)", header, rows, notes[:3]))
+    atomic_write_text(results / "table.md", "\n".join(md) + "\n")
+    atomic_write_text(results / "table.tex", _tex_table(f"{title} ({profile} profile)", header, rows, notes[:3]))
     print("\n".join(md))
-    return results / f"{which}.md"
+    return results / "table.md"
 
 
-# -------------------------------------------------------------------------------------------- CLI
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("tables", nargs="+", choices=["table1", *ENV_TABLES, *ABLATION_TABLES])
-    ap.add_argument("--profile", default="smoke")
-    ap.add_argument("--runs", default=None, help="root of run folders (default: $FSB_RUNS or runs)")
-    ap.add_argument("--results", default="results")
-    ap.add_argument("--plots", default="plots")
-    ap.add_argument("--predictions", type=int, default=None, help="predictions per trajectory (profile default: 500)")
-    ap.add_argument("--max-trajectories", type=int, default=None,
-                    help="validation trajectories for the prediction figures (profile default)")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads per evaluation process and for the Table I timing (default on a CPU: 1)")
-    ap.add_argument("--jobs", type=int, default=None,
-                    help="evaluation processes (default: 1 on a GPU, min(2, cores) on a CPU)")
-    ap.add_argument("--override", action="append", default=[],
-                    help="Hydra override for the profile settings read by table1 (repeatable)")
-    a = ap.parse_args(argv)
-    from omegaconf import OmegaConf
-
-    runs = pathlib.Path(a.runs or os.environ.get("FSB_RUNS", "runs"))
-    results, plots = pathlib.Path(a.results), pathlib.Path(a.plots)
-    cfg = _compose(a.profile, a.override)
-    ev = OmegaConf.to_container(cfg.profile.get("robotics_eval") or {}, resolve=True)
-    n_pred = a.predictions or int(ev.get("predictions", 500))
-    max_traj = a.max_trajectories if a.max_trajectories is not None else ev.get("max_trajectories")
-    dev = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
-    threads = a.threads or (1 if dev == "cpu" else None)
-    if threads:
-        torch.set_num_threads(threads)
-    jobs = a.jobs or (1 if dev != "cpu" else max(1, min(2, os.cpu_count() or 1)))
-    for t in a.tables:
-        if t == "table1":
-            table1(a.profile, runs, results, a.override, a.device)
-        elif t in ENV_TABLES:
-            env_table(t, a.profile, runs, results, plots, n_pred, max_traj, dev, jobs, threads)
-        else:
-            ablation_table(t, a.profile, runs, results, plots)
-
-
-if __name__ == "__main__":
-    # Call main through the importable module, not __main__, so that the evaluation worker processes
-    # can unpickle their function by reference.
-    from benchmarks.robotics import main as _main
-
-    _main()

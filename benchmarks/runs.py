@@ -36,7 +36,6 @@ from typing import Any, Iterator
 
 import yaml
 
-from benchmarks.records import atomic_write_text  # noqa: F401  (re-exported for callers)
 
 FINGERPRINT_CHARS = 10
 # Command-line keys that never change a run's numbers (kept out of labels and of the spec).

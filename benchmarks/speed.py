@@ -1,27 +1,37 @@
 """Speed and scale (issue 6): train-step time of every registered model, and mixer time against
 sequence length.
 
-    python -m benchmarks.speed speed=smoke            # 2-core CPU, minutes  (make bench-speed PROFILE=smoke)
-    python -m benchmarks.speed speed=paper            # a GPU                (make bench-speed PROFILE=paper)
+    python -m benchmarks.reproduce experiment=speed profile=smoke   # 2-core CPU, minutes
+    python -m benchmarks.speed experiment=speed profile=paper       # a GPU
 
-Two sections, one CSV row per measured cell (sizes in ``conf/speed/<profile>.yaml``):
+``conf/experiment/speed.yaml`` (``kind: speed``); the sizes are the ``speed:`` block of
+``conf/profile/<profile>.yaml`` (every field documented in ``conf/profile/paper.yaml``); ``device``,
+``threads``, ``seed`` and ``progress`` come from the train config. Two sections, one CSV row per
+measured cell:
 
-* ``train``: one optimizer step (forward, loss, backward, optimizer step; inputs already on the
-  device, no data loading) of every model of a setting: the Figure 2 LDS layer, the Figure 4
-  induction-heads model, the Table I robotics models (with the paper's step time beside them);
-* ``mixer``: one mixer alone, forward (``fwd``) and forward+backward of ``sum(y)`` (``fwd_bwd``),
-  at a stated batch, width and dtype, for lengths 256 ... 65,536; every backend variant is its own
-  row (STU forms, flashfftconv, SDPA, flash-attn, flex attention, mamba-ssm, torch.compile on/off).
+* ``train``: THE train step of the runs, timed by :func:`benchmarks.timing.time_train_steps`
+  (:func:`benchmarks.loop.train_step`: forward, task loss + MoE auxiliary loss, backward, optimizer
+  step with the runs' parameter groups; one fixed random batch already on the device, no data
+  loading) for every model of a setting: the Figure 2 LDS layer, the Figure 4 induction-heads model,
+  the Table I robotics models (with the paper's step time beside them). A setting names its ``task``:
+  its shapes' random batches (:class:`tasks.base.RandomTask`, the base-class loss) and its default
+  optimizer (merged with the setting's optional ``optimizer``) are the runs';
+* ``mixer``: one mixer alone, forward (``fwd``) and forward+backward of ``sum(y)`` (``fwd_bwd``; not a
+  training step), at a stated batch, width and dtype, for lengths 256 ... 65,536; every backend variant
+  is its own row (STU forms, flashfftconv, SDPA, flash-attn, flex attention, mamba-ssm,
+  torch.compile on/off).
 
-Timing: CUDA events after warm-up (CUDA), ``time.perf_counter`` (CPU, threads recorded); the median
-of the repeats is ``time_ms``. A variant that is not available here gives one row with status
-``unavailable``; a failure gives ``error`` (message in ``error``); running out of memory gives
-``oom`` and the longer lengths of that curve ``skipped``. Nothing stops the run.
+Timing (:func:`benchmarks.timing.time_fn`, shared with Table I): CUDA events after warm-up (CUDA),
+``time.perf_counter`` (CPU, threads recorded); the median of the repeats is ``time_ms``. A variant
+that is not available here gives one row with status ``unavailable``; a failure gives ``error``
+(message in ``error``); running out of memory gives ``oom`` and the longer lengths of that curve
+``skipped``. Nothing stops the run.
 
-CSV columns (documented; tests check them): see ``COLUMNS``. Outputs, all named
-``speed_<device>_<date>``: ``results/speed/<name>.csv``, ``results/speed/<name>.md`` (tables),
-``results/speed/<name>.json`` (full record), ``plots/<name>.png`` (log-log time vs length per
-mixer, with the slope fitted over the upper half of each curve in the legend).
+CSV columns (documented; tests check them): see ``COLUMNS``. Outputs:
+``<paths.results>/speed/<profile>/speed.csv``, ``speed.md`` (tables) and ``record.json`` (config,
+commit, versions, device, every row, wall time), and ``<paths.plots>/speed/<profile>/speed.png``
+(log-log time vs length per mixer, with the slope fitted over the upper half of each curve in the
+legend).
 """
 from __future__ import annotations
 
@@ -31,8 +41,6 @@ import json
 import math
 import os
 import pathlib
-import re
-import statistics
 import sys
 import time
 import traceback
@@ -45,9 +53,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 import models.spectral as spectral
-from benchmarks.records import (REPO, atomic_write_csv, atomic_write_json, atomic_write_text, device_info,
-                                git_commit, package_versions)
+from benchmarks import loop, timing
+from benchmarks.config import CONF_DIR, ConfigError, task_class
+from benchmarks.records import atomic_write_csv, atomic_write_json, atomic_write_text, device_info, git_commit, package_versions
+from benchmarks.timing import peak_memory_mb, require_int, require_kind, require_number, saved_tensor_mb, time_fn
 from models.attention import Attention
+from tasks.base import RandomTask, available_tasks
 
 # Every CSV row has exactly these columns, in this order.
 COLUMNS = [
@@ -133,33 +144,9 @@ class FlexAttention(Attention):
 # Environment.
 # ------------------------------------------------------------------------------------------------
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda requested but CUDA is not available")
-    return torch.device(name)
-
-
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
-def device_slug(device: torch.device) -> str:
-    if device.type == "cpu":
-        return "cpu"
-    name = torch.cuda.get_device_name(device).lower().replace("nvidia", "")
-    return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "cuda"
+    info = device_info(device)
+    return str(info.get("gpu") or info.get("cpu") or device)
 
 
 def _importable(mod: str) -> bool:
@@ -212,81 +199,8 @@ def standin_filters(max_exact_len: int):
 
 
 # ------------------------------------------------------------------------------------------------
-# Measurement.
+# Measurement (the timer, peak memory and saved-activation size are benchmarks.timing's).
 # ------------------------------------------------------------------------------------------------
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int, min_repeats: int,
-            max_seconds: float) -> dict[str, Any]:
-    """First-call time, then warm-up, then up to ``repeats`` timed calls (at least ``min_repeats``;
-    no more once ``max_seconds`` of timed calls have passed). Times in ms."""
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    first = (time.perf_counter() - t0) * 1e3
-    w0 = time.perf_counter()
-    for _ in range(max(0, warmup - 1)):
-        if time.perf_counter() - w0 > max_seconds / 2:
-            break  # slow cells: enough warm-up
-        fn()
-        _sync(device)
-    times: list[float] = []
-    spent = 0.0
-    for i in range(max(1, repeats)):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            t = a.elapsed_time(b)
-        else:
-            s = time.perf_counter()
-            fn()
-            t = (time.perf_counter() - s) * 1e3
-        times.append(t)
-        spent += t / 1e3
-        if (i + 1 >= min_repeats and spent > max_seconds) or spent > 3 * max_seconds:
-            break
-    times.sort()
-    q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else [times[0]] * 3
-    return {"time_ms": statistics.median(times), "time_min_ms": times[0], "time_p25_ms": q[0],
-            "time_p75_ms": q[2], "repeats": len(times), "first_call_ms": first,
-            "timer": "cuda_events" if device.type == "cuda" else "perf_counter"}
-
-
-def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    _sync(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    _sync(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-
-
-def saved_tensor_mb(forward: Callable[[], Any]) -> float:
-    """MB of distinct storages the forward saves for backward (activation memory)."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        try:
-            st = t.untyped_storage()
-            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
-        except Exception:  # noqa: BLE001
-            pass
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = forward()
-    del out
-    return sum(seen.values()) / 2**20
-
 
 def copy_bandwidth_gbps(device: torch.device, mb: float) -> float:
     """Measured device copy bandwidth (read + write bytes / time), median of a few copies."""
@@ -319,78 +233,80 @@ def _fail_status(e: BaseException) -> tuple[str, str]:
     return "error", msg[:300]
 
 
+
 # ------------------------------------------------------------------------------------------------
 # Cells.
 # ------------------------------------------------------------------------------------------------
-
-def make_optimizer(model: nn.Module, spec: dict[str, Any]) -> torch.optim.Optimizer:
-    from benchmarks.train import make_optimizer as train_make_optimizer
-
-    return train_make_optimizer(model, spec)
-
 
 def _filters_kind(L: int, max_exact: int, name: str) -> str:
     return "" if not name.startswith(("stu", "flash_stu")) else ("exact" if L <= max_exact else "standin")
 
 
-def train_cell(setting: dict[str, Any], entry: dict[str, Any], dtype: str, compile_: bool,
-               device: torch.device, prof: dict[str, Any]) -> dict[str, Any]:
-    L, B = int(setting["seq_len"]), int(setting["batch"])
-    overrides = {**setting.get("common", {}), **entry.get("overrides", {})}
-    if "mixer_options" in setting.get("common", {}) and "mixer_options" in entry.get("overrides", {}):
+def task_default_optimizer(task_name: str) -> dict[str, Any]:
+    """The default optimizer of ``conf/task/<task_name>.yaml``'s class (no task is built)."""
+    if task_name not in available_tasks():
+        raise ConfigError(f"unknown task {task_name!r}; valid tasks: {', '.join(available_tasks())}")
+    target = OmegaConf.load(CONF_DIR / "task" / f"{task_name}.yaml").get("_target_")
+    return dict(task_class({"_target_": target}).default_optimizer)
+
+
+def setting_optimizer(setting: dict[str, Any]) -> dict[str, Any]:
+    """The runs' optimizer of a train setting: its task's default merged with its ``optimizer``."""
+    spec = task_default_optimizer(str(setting["task"]))
+    spec.update({k: v for k, v in (setting.get("optimizer") or {}).items() if v is not None})
+    return spec
+
+
+def setting_task(setting: dict[str, Any]) -> RandomTask:
+    """Random batches of the setting's shapes (the step time does not depend on the values)."""
+    if setting.get("vocab_size") is not None:
+        return RandomTask(int(setting["seq_len"]), vocab_size=int(setting["vocab_size"]))
+    return RandomTask(int(setting["seq_len"]), d_in=int(setting["d_in"]), d_out=int(setting["d_out"]))
+
+
+def _entry_overrides(setting: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    overrides = {**(setting.get("common") or {}), **(entry.get("overrides") or {})}
+    if "mixer_options" in (setting.get("common") or {}) and "mixer_options" in (entry.get("overrides") or {}):
         overrides["mixer_options"] = {**setting["common"]["mixer_options"], **entry["overrides"]["mixer_options"]}
-    tokens = setting.get("vocab_size") is not None
-    shapes = ({"vocab_size": int(setting["vocab_size"])} if tokens
-              else {"d_in": int(setting["d_in"]), "d_out": int(setting["d_out"])})
-    model = models.build_model(entry["model"], seq_len=L, **shapes, **overrides).to(device)
-    row: dict[str, Any] = {"params": models.count_params(model), "width": getattr(model, "width", "")}
-    g = torch.Generator(device="cpu").manual_seed(0)
-    if tokens:
-        x = torch.randint(0, int(setting["vocab_size"]), (B, L), generator=g).to(device)
-        y = torch.randint(0, int(setting["vocab_size"]), (B, L), generator=g).to(device)
-    else:
-        x = torch.randn(B, L, int(setting["d_in"]), generator=g).to(device)
-        y = torch.randn(B, L, int(setting["d_out"]), generator=g).to(device)
-    opt = make_optimizer(model, dict(setting["optimizer"]))
-    fwd_model = torch.compile(model) if compile_ else model
+    return overrides
 
-    def loss_fn():
-        with autocast_ctx(device, dtype):
-            out = fwd_model(x)
-            if tokens:
-                loss = nn.functional.cross_entropy(out.float().reshape(-1, out.shape[-1]), y.reshape(-1))
-            else:
-                loss = nn.functional.mse_loss(out.float(), y)
-            aux = model.aux_loss if hasattr(model, "aux_loss") else 0.0
-            return loss + (aux.to(loss.device) if torch.is_tensor(aux) else aux)
 
-    def step():
-        loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    row.update(time_fn(step, device, prof["warmup"], prof["repeats"], prof["min_repeats"],
-                       prof["max_seconds_per_cell"]))
-    row["peak_mem_mb"] = peak_memory_mb(step, device)
-    if not compile_:
-        row["saved_mb"] = saved_tensor_mb(loss_fn)
-    row["backend"] = models.backends(model)
-    row["tokens_per_s"] = B * L / (row["time_ms"] / 1e3)
+def train_cell(setting: dict[str, Any], entry: dict[str, Any], dtype: str, compile_: bool,
+               device: torch.device, prof: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """One model's train step, timed by :func:`benchmarks.timing.time_train_steps` (float32 weights;
+    ``dtype`` other than float32: under torch.autocast)."""
+    task = setting_task(setting)
+    B, L = int(setting["batch"]), task.seq_len
+    torch.manual_seed(seed)
+    model = models.build_model(entry["model"], **task.model_shapes(), **_entry_overrides(setting, entry)).to(device)
+    fwd = torch.compile(model) if compile_ else None
+    r = timing.time_train_steps(model, task, B, setting_optimizer(setting), device, torch.float32,
+                                warmup=int(prof["warmup"]), repeats=int(prof["repeats"]),
+                                min_repeats=int(prof["min_repeats"]), max_seconds=float(prof["max_seconds_per_cell"]),
+                                seed=seed, autocast=None if dtype == "float32" else DTYPES[dtype],
+                                memory=True, forward_model=fwd)
+    if compile_:
+        r["saved_mb"] = None  # saved tensors of a compiled graph are not the eager ones
+    row = {k: v for k, v in r.items() if k in COLUMNS}
+    row.update(width=getattr(model, "width", ""), tokens_per_s=B * L / (r["time_ms"] / 1e3))
+    if r["not_applied"]:
+        raise FloatingPointError(f"{r['not_applied']} of the timed steps had a non-finite loss (not applied)")
     return row
 
 
 def build_sweep_mixer(variant: dict[str, Any], width: int, L: int) -> nn.Module:
-    if variant.get("target"):
-        cfg = models._load("mixer", variant["mixer"])
-        cfg["_target_"] = variant["target"]
-        cfg.update(variant.get("overrides", {}))
-        return models._instantiate(cfg, f"mixer {variant['mixer']!r}", width=width, seq_len=L)
-    return models.build_mixer(variant["mixer"], width=width, seq_len=L, **variant.get("overrides", {}))
+    if variant.get("target"):  # a class replacing the yaml's _target_, with the yaml's fields
+        fields = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "mixer" / f"{variant['mixer']}.yaml"), resolve=True)
+        fields.pop("_target_", None)
+        fields.update(variant.get("overrides") or {})
+        return models.build_mixer(str(variant["target"]), width=width, seq_len=L, **fields)
+    return models.build_mixer(variant["mixer"], width=width, seq_len=L, **(variant.get("overrides") or {}))
 
 
 def mixer_cell(variant: dict[str, Any], L: int, pas: str, dtype: str, compile_: bool, device: torch.device,
                sweep: dict[str, Any], prof: dict[str, Any], copy_bw: float) -> dict[str, Any]:
+    """One mixer alone: forward, or forward + backward of sum(y) (not a training step: no loss, no
+    optimizer)."""
     B, W = int(sweep["batch"]), int(sweep["width"])
     mixer = build_sweep_mixer(variant, W, L).to(device)
     row: dict[str, Any] = {"params": models.count_params(mixer), "width": W}
@@ -411,8 +327,9 @@ def mixer_cell(variant: dict[str, Any], L: int, pas: str, dtype: str, compile_: 
             x.grad = None
             mixer.zero_grad(set_to_none=True)
 
-    row.update(time_fn(call, device, prof["warmup"], prof["repeats"], prof["min_repeats"],
-                       prof["max_seconds_per_cell"]))
+    r = time_fn(call, device, int(prof["warmup"]), int(prof["repeats"]), int(prof["min_repeats"]),
+                float(prof["max_seconds_per_cell"]))
+    row.update({k: v for k, v in r.items() if k in COLUMNS})
     row["peak_mem_mb"] = peak_memory_mb(call, device)
     if pas == "fwd_bwd" and not compile_:
         row["saved_mb"] = saved_tensor_mb(fwd)
@@ -532,8 +449,11 @@ def make_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], plot_rel: st
     for setting in dict.fromkeys(r["setting"] for r in train):
         rs = [r for r in train if r["setting"] == setting]
         sset = meta["settings"]["train"]["settings"][setting]
+        opt = meta.get("train_optimizers", {}).get(setting, {})
         out += [f"## Train step: {setting}", "", f"{sset.get('title', '')}; batch {sset['batch']}, length "
-                f"{sset['seq_len']}, optimizer {sset['optimizer']['name']}.", ""]
+                f"{sset['seq_len']}; `benchmarks.loop.train_step` with the runs' optimizer ({sset.get('task')} task "
+                f"default: {opt.get('name')} lr {opt.get('lr')}, weight decay {opt.get('weight_decay') or 0}, the "
+                f"runs' parameter groups), task loss + MoE auxiliary loss.", ""]
         has_paper = any(r.get("paper_ms") not in (None, "") for r in rs)
         head = ["model", "registry", "dtype", "compile", "params", "step ms", "p25-p75", "peak MB",
                 "saved MB", "backend", "status"] + (["paper ms"] if has_paper else [])
@@ -608,6 +528,8 @@ def make_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], plot_rel: st
     return "\n".join(out)
 
 
+
+
 # ------------------------------------------------------------------------------------------------
 # The run.
 # ------------------------------------------------------------------------------------------------
@@ -617,29 +539,107 @@ def _log(cfg, msg: str):
         print(msg, file=sys.stderr, flush=True)
 
 
+PASSES = ("fwd", "fwd_bwd")
+REQUIREMENTS = ("cuda", "flex_attention", "flashfftconv", "flash_attn", "mamba_ssm", "triton")
+
+
+def _names(key: str, value, valid) -> list[str] | None:
+    if value is None:
+        return None
+    value = [value] if isinstance(value, str) else list(value)
+    bad = [v for v in value if v not in valid]
+    if bad:
+        raise ConfigError(f"unknown {key} {bad}; valid: {', '.join(map(str, valid))}")
+    return value
+
+
+def check(cfg: DictConfig) -> dict[str, Any]:
+    """The speed sizes (``cfg.profile.speed``) and names, checked before any work or file."""
+    require_kind(cfg, "speed", "benchmarks.speed")
+    if OmegaConf.select(cfg, "profile.speed") is None:
+        raise ConfigError(f"profile {cfg.profile.get('name')!r} has no speed: block (conf/profile/<profile>.yaml)")
+    try:
+        prof = OmegaConf.to_container(cfg.profile.speed, resolve=True)
+        device = loop.resolve_device(str(cfg.device))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"profile.speed does not resolve: {e}") from None
+    require_int("seed", cfg.get("seed"), 0)
+    if cfg.get("threads") is not None:
+        require_int("threads", cfg.threads)
+    _names("profile.speed.dtypes", prof.get("dtypes"), list(DTYPES))
+    for c in prof.get("compile") or []:
+        if not isinstance(c, bool):
+            raise ConfigError(f"profile.speed.compile entries must be true/false, got {c!r}")
+    require_int("profile.speed.warmup", prof.get("warmup"), 0)
+    require_int("profile.speed.repeats", prof.get("repeats"))
+    require_int("profile.speed.min_repeats", prof.get("min_repeats"))
+    require_number("profile.speed.max_seconds_per_cell", prof.get("max_seconds_per_cell"))
+    require_int("profile.speed.exact_filters_max_len", prof.get("exact_filters_max_len"))
+    require_number("profile.speed.time_budget_s", prof.get("time_budget_s"), allow_none=True)
+    require_number("profile.speed.copy_bandwidth_mb", prof.get("copy_bandwidth_mb"))
+    tr = prof.get("train") or {}
+    settings = tr.get("settings") or {}
+    _names("profile.speed.train.settings_only", tr.get("settings_only"), list(settings))
+    labels = sorted({lab for st in settings.values() for lab in (st.get("models") or {})})
+    _names("profile.speed.train.models_only", tr.get("models_only"), labels)
+    for sname, st in settings.items():
+        key = f"profile.speed.train.settings.{sname}"
+        require_int(f"{key}.seq_len", st.get("seq_len"))
+        require_int(f"{key}.batch", st.get("batch"))
+        if st.get("vocab_size") is not None:
+            require_int(f"{key}.vocab_size", st.get("vocab_size"))
+        else:
+            require_int(f"{key}.d_in", st.get("d_in"))
+            require_int(f"{key}.d_out", st.get("d_out"))
+        if not st.get("task"):
+            raise ConfigError(f"{key}.task is not set (its default optimizer is the runs'); valid tasks: "
+                              f"{', '.join(available_tasks())}")
+        timing.require_optimizer(setting_optimizer(st))
+        for label, entry in (st.get("models") or {}).items():
+            timing.require_models(f"{key}.models.{label}.model", [entry.get("model")])
+    sw = prof.get("sweep") or {}
+    if sw.get("enabled", True):
+        variants = sw.get("variants") or {}
+        mixers = sorted({v.get("mixer") for v in variants.values()})
+        _names("profile.speed.sweep.only", sw.get("only"), sorted(variants) + mixers)
+        for L in sw.get("lengths") or []:
+            require_int("profile.speed.sweep.lengths[]", L)
+        require_int("profile.speed.sweep.batch", sw.get("batch"))
+        require_int("profile.speed.sweep.width", sw.get("width"))
+        _names("profile.speed.sweep.passes", sw.get("passes"), list(PASSES))
+        for label, v in variants.items():
+            if v.get("mixer") not in models.available_mixers():
+                raise ConfigError(f"unknown mixer {v.get('mixer')!r} in profile.speed.sweep.variants.{label}; valid "
+                                  f"mixers: {', '.join(models.available_mixers())}")
+            _names(f"profile.speed.sweep.variants.{label}.requires", v.get("requires") or [], list(REQUIREMENTS))
+    return {"prof": prof, "device": device}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the benchmark described by ``cfg`` (conf/speed.yaml); return paths and rows."""
+    """Run the benchmark of ``conf/experiment/speed.yaml`` at ``cfg.profile.speed``; return paths and rows."""
     t_start = time.perf_counter()
-    if cfg.threads:
+    c = check(cfg)
+    prof, device = c["prof"], c["device"]
+    if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    torch.manual_seed(int(cfg.seed))
-    device = resolve_device(cfg.device)
-    prof = OmegaConf.to_container(cfg.speed, resolve=True)
+    seed = int(cfg.seed)
+    torch.manual_seed(seed)
+    profile, exp = str(cfg.profile.name), str(cfg.experiment_name)
+    out_dir = pathlib.Path(cfg.paths.results) / exp / profile
+    plot_dir = pathlib.Path(cfg.paths.plots) / exp / profile
     date = datetime.date.today().isoformat()
-    name = cfg.name or f"speed_{device_slug(device)}_{date}"
-    out_dir = pathlib.Path(cfg.out_dir)
-    plot_dir = pathlib.Path(cfg.plot_dir)
-    if not out_dir.is_absolute():
-        out_dir = REPO / out_dir
-    if not plot_dir.is_absolute():
-        plot_dir = REPO / plot_dir
 
     versions = package_versions()
+    commit = git_commit()
     common = {"device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "git_commit": git_commit(), "profile": prof["name"], "date": date}
-    meta: dict[str, Any] = {**common, "versions": versions, "device_info": device_info(device),
-                            "settings": prof, "command": " ".join(sys.argv),
-                            "loadavg_start": _loadavg(), "config": OmegaConf.to_container(cfg, resolve=True)}
+              "torch": torch.__version__, "git_commit": commit, "profile": profile, "date": date}
+    tr = prof.get("train", {})
+    meta: dict[str, Any] = {**common, "experiment": exp, "kind": "speed", "versions": versions,
+                            "device_info": device_info(device), "settings": prof, "command": " ".join(sys.argv),
+                            "loadavg_start": _loadavg(), "config": OmegaConf.to_container(cfg, resolve=True),
+                            "train_optimizers": {k: setting_optimizer(v) for k, v in (tr.get("settings") or {}).items()}}
     meta["copy_bandwidth_gbps"] = copy_bandwidth_gbps(device, float(prof.get("copy_bandwidth_mb", 64)))
     rows: list[dict[str, Any]] = []
 
@@ -675,8 +675,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     max_exact = int(prof.get("exact_filters_max_len", 8192))
     with standin_filters(max_exact):
-        # ---- train steps --------------------------------------------------------------------
-        tr = prof.get("train", {})
+        # ---- train steps (THE train step, timed by benchmarks.timing) ------------------------------
         if tr.get("enabled", True):
             for sname, setting in tr["settings"].items():
                 if tr.get("settings_only") and sname not in tr["settings_only"]:
@@ -691,7 +690,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                     "batch": setting["batch"], "seq_len": setting["seq_len"],
                                     "paper_ms": entry.get("paper_ms", ""),
                                     "filters": _filters_kind(int(setting["seq_len"]), max_exact, entry["model"])}
-                            emit(base, lambda: train_cell(setting, entry, dtype, bool(comp), device, prof))
+                            emit(base, lambda: train_cell(setting, entry, dtype, bool(comp), device, prof, seed))
 
         # ---- mixer sweep ----------------------------------------------------------------------
         sw = prof.get("sweep", {})
@@ -735,8 +734,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     add_slopes(rows)
     meta["loadavg_end"] = _loadavg()
     meta["wall_s"] = time.perf_counter() - t_start
-    csv_path, md_path, json_path = (out_dir / f"{name}.{ext}" for ext in ("csv", "md", "json"))
-    png_path = plot_dir / f"{name}.png"
+    csv_path, md_path, json_path = out_dir / "speed.csv", out_dir / "speed.md", out_dir / "record.json"
+    png_path = plot_dir / "speed.png"
     plotted = make_plot(rows, png_path, meta)
     try:
         plot_rel = os.path.relpath(png_path, md_path.parent) if plotted else None
@@ -744,13 +743,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         plot_rel = str(png_path) if plotted else None
     atomic_write_csv(csv_path, rows)
     atomic_write_text(md_path, make_markdown(rows, meta, plot_rel))
-    atomic_write_json(json_path, {**meta, "columns": COLUMNS, "rows": rows,
+    backends = {f"{r['section']}/{r['setting']}/{r['label']}": r["backend"] for r in rows if r.get("backend")}
+    atomic_write_json(json_path, {**meta, "git_commit": commit, "backends": backends,
+                                  "wall_time_s": round(meta["wall_s"], 2), "columns": COLUMNS, "rows": rows,
                                   "files": {"csv": str(csv_path), "md": str(md_path),
                                             "png": str(png_path) if plotted else None}})
-    for p in (csv_path, md_path, json_path, png_path if plotted else None):
-        if p is not None:
-            with contextlib.suppress(OSError):
-                os.chmod(p, 0o644)  # the temp-file writes leave 0600; these files are shared results
     _log(cfg, f"wrote {csv_path}, {md_path}, {json_path}" + (f", {png_path}" if plotted else "") +
          f" in {meta['wall_s']:.0f} s")
     return {"csv": csv_path, "md": md_path, "json": json_path, "png": png_path if plotted else None, "rows": rows}
@@ -763,10 +760,15 @@ def _loadavg():
         return None
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="speed")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run(cfg)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks.speed import main as _main
+
+    _main()

@@ -28,7 +28,6 @@ import numpy as np
 from tasks.mujoco.agents import Agent, _atomic_write_json, load_sb3_agent, resolve_agent, sha256_file
 from tasks.mujoco.envs import REPO_ROOT, dataset_dir, package_versions, robot
 
-CONF_FILE = REPO_ROOT / "conf" / "data" / "mujoco.yaml"
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 # The settings that decide the bytes of the data; a manifest made with others is refused.
@@ -39,23 +38,24 @@ class DatasetError(RuntimeError):
     """A dataset that cannot be used as it is (wrong environment, other sizes, bad shards)."""
 
 
-def load_config(overrides: list[str] | None = None):
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(CONF_FILE)
-    OmegaConf.set_struct(cfg, True)  # a misspelt key fails loudly
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    return cfg
-
-
 def profile_settings(profile: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dataset sizes of ``profile`` (``profile.data.mujoco`` in ``conf/profile/<profile>.yaml``)
+    with ``overrides`` (checked: an unknown field fails, listing the valid ones)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    cfg = load_config()
-    if profile not in cfg.profiles:
-        raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(cfg.profiles)}")
-    out = OmegaConf.to_container(cfg.profiles[profile])
+    from tasks.base import CONF_DIR
+
+    valid = sorted(p.stem for p in (CONF_DIR / "profile").glob("*.yaml"))
+    if profile not in valid:
+        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(valid)}")
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose("make_data", overrides=[f"profile={profile}"])
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("make_data", overrides=[f"profile={profile}"])
+    out = OmegaConf.to_container(cfg.profile.data.mujoco, resolve=True)
     unknown = set(overrides or {}) - set(out)
     if unknown:
         raise ValueError(f"unknown profile field(s) {sorted(unknown)}; valid: {', '.join(out)}")
@@ -186,7 +186,7 @@ def make_dataset(env: str, profile: str = "smoke", *, root=None, agent_path: str
     if agent is None:
         agent = resolve_agent(env, agent_path=agent_path, timesteps=settings["agent_timesteps"],
                               seed=settings["agent_seed"], eval_episodes=settings["eval_episodes"],
-                              use_hub=use_hub, root=root, log=log)
+                              use_hub=use_hub, root=root, profile=profile, log=log)
     agent_s = time.time() - t0
     if man is None:
         man = _new_manifest(env, profile, settings, agent)

@@ -1,0 +1,237 @@
+"""Evaluations of trained runs that need the model: next-step and autoregressive predictions on the
+validation trajectories of a MuJoCo task (Figures 7/8, 17/18, 20/21, 22/23), and the no-change
+reference predictor. Each writes its result beside the run (``predictions_P<P>_n<N>.npz``) or, for the
+reference, beside the experiment's runs; the reports read those files and never build a model.
+
+Prediction evaluation: on each validation trajectory (T = 1000 steps) the model makes ``P`` = 500
+predictions of ``x_{t+1}`` for ``t = t0, ..., t0+P-1`` with ``t0 = min(context-1, T-P)`` (the earliest
+start at which every window is full), each from the window of the last ``context`` inputs
+``[x_s, u_s]`` (shorter only when ``context > T-P+1``).
+
+* next-step: the window holds ground-truth states and actions (as in training/validation);
+* autoregressive: the states of the window after ``t0`` are the model's own earlier predictions; the
+  rollout function is only given ``x_0..x_t0``, so it cannot see any later ground-truth state.
+  Actions ``u_t`` stay ground truth: they are exogenous inputs (the recorded agent's torques).
+
+Both losses are the paper's ``1/2 ||x^_{t+1} - x_{t+1}||^2`` on normalised states, per prediction step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+@torch.no_grad()
+def next_step_predictions(model, x: torch.Tensor, u: torch.Tensor, t0: int, n_pred: int, context: int,
+                          batch_size: int = 256) -> torch.Tensor:
+    """Prediction ``k`` (0-based) of ``x_{t0+k+1}`` from the ground-truth window of inputs
+    ``[x_s, u_s]``, ``s = max(0, t-context+1) .. t``, ``t = t0 + k``. ``x``: (n, >= t0+n_pred, dx)
+    normalised states, ``u``: (n, >= t0+n_pred, du) normalised actions. Returns (n, n_pred, dx)."""
+    n = x.shape[0]
+    out = None
+    by_len: dict[int, list[int]] = {}
+    for k in range(n_pred):
+        t = t0 + k
+        by_len.setdefault(t - max(0, t - context + 1) + 1, []).append(k)
+    for length, ks in by_len.items():
+        ks_t = torch.tensor(ks)
+        starts = t0 + ks_t - length + 1
+        idx = starts[:, None] + torch.arange(length)[None, :]  # (nk, length)
+        inp = torch.cat([x[:, idx], u[:, idx]], dim=-1).reshape(n * len(ks), length, -1)
+        preds = torch.cat([model(inp[i: i + batch_size])[:, -1] for i in range(0, len(inp), batch_size)])
+        if out is None:
+            out = torch.empty(n, n_pred, preds.shape[-1], dtype=preds.dtype, device=preds.device)
+        out[:, ks_t] = preds.reshape(n, len(ks), -1)
+    return out
+
+
+@torch.no_grad()
+def autoregressive_predictions(model, x_hist: torch.Tensor, u: torch.Tensor, n_pred: int,
+                               context: int) -> torch.Tensor:
+    """Autoregressive rollout. ``x_hist``: (n, t0+1, dx) the ground-truth states ``x_0..x_t0`` -- the
+    only states this function is given; ``u``: (n, >= t0+n_pred, du) the actions (exogenous inputs).
+    Prediction ``k`` of ``x_{t0+k+1}`` comes from the window ``s..t`` (``t = t0+k``) whose states after
+    ``t0`` are the model's own earlier predictions. Returns (n, n_pred, dx)."""
+    t0 = x_hist.shape[1] - 1
+    if u.shape[1] < t0 + n_pred:
+        raise ValueError(f"need actions up to u_{t0 + n_pred - 1}, got {u.shape[1]} steps")
+    buf = torch.empty(x_hist.shape[0], t0 + 1 + n_pred, x_hist.shape[2], dtype=x_hist.dtype, device=x_hist.device)
+    buf[:, : t0 + 1] = x_hist
+    for k in range(n_pred):
+        t = t0 + k
+        s = max(0, t - context + 1)
+        inp = torch.cat([buf[:, s: t + 1], u[:, s: t + 1]], dim=-1)
+        buf[:, t + 1] = model(inp)[:, -1]
+    return buf[:, t0 + 1:].clone()
+
+
+def prediction_losses(model, task, n_pred: int, max_traj: int | None = None, device="cpu") -> dict[str, np.ndarray]:
+    """Next-step and autoregressive predictions on the validation trajectories of ``task``."""
+    traj = task.val_trajectories()
+    n = len(traj["states"]) if max_traj is None else min(int(max_traj), len(traj["states"]))
+    X = torch.from_numpy(task.normalize_states(traj["states"][:n])).to(device)
+    U = torch.from_numpy(task.normalize_actions(traj["actions"][:n])).to(device)
+    T = U.shape[1]
+    if not 0 < n_pred <= T:
+        raise ValueError(f"{n_pred} predictions do not fit trajectories of {T} steps")
+    L = int(task.context)
+    t0 = min(L - 1, T - n_pred)  # full windows from the first prediction on, when the trajectory allows it
+    was = model.training
+    model.eval()
+    ns = next_step_predictions(model, X, U, t0, n_pred, L)
+    ar = autoregressive_predictions(model, X[:, : t0 + 1], U, n_pred, L)
+    model.train(was)
+    tgt = X[:, t0 + 1: t0 + 1 + n_pred]
+    loss = lambda p: (0.5 * (p - tgt).float().pow(2).sum(-1)).cpu().numpy()  # noqa: E731
+    den = lambda p: task.denormalize_states(p.cpu().numpy())  # noqa: E731
+    return {"loss_next": loss(ns), "loss_ar": loss(ar), "pred_next": den(ns), "pred_ar": den(ar),
+            "true": traj["states"][:n, t0 + 1: t0 + 1 + n_pred].astype(np.float32), "t0": np.array(t0),
+            "seeds": np.asarray(traj["seeds"][:n])}
+
+
+class Persistence(torch.nn.Module):
+    """Reference predictor without training: no change, x^_{t+1} = x_t (the state part of the last input)."""
+
+    def __init__(self, state_dim: int):
+        super().__init__()
+        self.state_dim = state_dim
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        return inp[..., : self.state_dim].clone()
+
+
+@torch.no_grad()
+def validation_loss(model, task, batch_size: int = 256) -> float:
+    """The runner's validation metric (``loss`` over every validation transition) for any model."""
+    tot, w = 0.0, 0.0
+    for b in task.val_batches(batch_size):
+        m = task.metrics(model(b.inputs), b)
+        n = float(b.mask.sum())
+        tot, w = tot + m["loss"] * n, w + n
+    return tot / max(w, 1.0)
+
+
+def load_trained(run_dir: pathlib.Path, device="cpu"):
+    import models
+
+    ck = torch.load(pathlib.Path(run_dir) / "model.pt", map_location=device, weights_only=False)
+    model = models._instantiate(ck["model_config"], f"model {ck.get('model')!r}", **ck["shapes"])
+    model.load_state_dict(ck["state_dict"])
+    return model.to(device).eval()
+
+
+_TASKS: dict[str, Any] = {}
+
+
+def task_of(record: dict[str, Any]):
+    from hydra.utils import instantiate
+
+    cfg = dict(record["config"]["task"])
+    cfg["progress"] = False
+    key = json.dumps(cfg, sort_keys=True, default=str)
+    if key not in _TASKS:
+        _TASKS[key] = instantiate(cfg, _convert_="all")
+    return _TASKS[key]
+
+
+def predictions_path(record: dict[str, Any], n_pred: int, max_traj: int | None) -> pathlib.Path:
+    return pathlib.Path(record["_dir"]) / f"predictions_P{n_pred}_n{max_traj if max_traj is not None else 'all'}.npz"
+
+
+def load_predictions(record: dict[str, Any], n_pred: int, max_traj: int | None) -> dict[str, np.ndarray]:
+    """The saved evaluation of a run (made by :func:`evaluate_run`); reports call only this."""
+    path = predictions_path(record, n_pred, max_traj)
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: evaluate the run first (python -m benchmarks.reproduce "
+                         f"experiment={record.get('experiment')} profile={record.get('profile')} does it)")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def evaluate_run(record: dict[str, Any], n_pred: int, max_traj: int | None, device="cpu") -> dict[str, np.ndarray]:
+    """Prediction losses of one finished run, cached in its folder beside ``model.pt``."""
+    rdir = pathlib.Path(record["_dir"])
+    cache = predictions_path(record, n_pred, max_traj)
+    mpath = rdir / "model.pt"
+    if not mpath.exists():
+        raise SystemExit(f"{mpath} is missing: the run was made without save_model=true (rerun it with force=true)")
+    if cache.exists() and cache.stat().st_mtime >= mpath.stat().st_mtime:
+        with np.load(cache) as z:
+            return {k: z[k] for k in z.files}
+    t = time.perf_counter()
+    model = load_trained(rdir, device)
+    out = prediction_losses(model, task_of(record), n_pred, max_traj, device)
+    out["eval_seconds"] = np.array(time.perf_counter() - t)
+    save_npz(cache, out)
+    print(f"[eval] {rdir}: next-step {out['loss_next'].mean():.4g}, autoregressive {out['loss_ar'].mean():.4g} "
+          f"({float(out['eval_seconds']):.1f}s)", file=sys.stderr)
+    return out
+
+
+def _eval_worker(record: dict[str, Any], n_pred: int, max_traj: int | None, device: str, threads: int | None) -> str:
+    if threads:
+        torch.set_num_threads(threads)
+    evaluate_run(record, n_pred, max_traj, device)
+    return record["_dir"]
+
+
+def evaluate_runs(records: list[dict[str, Any]], n_pred: int, max_traj: int | None, device: str = "cpu",
+                  jobs: int = 1, threads: int | None = None) -> None:
+    """Fill the prediction caches of ``records``, ``jobs`` processes at a time (one thread each on a
+    CPU by default: small sequential forwards of the rollouts slow down badly with more threads
+    than free cores)."""
+    if jobs <= 1 or len(records) <= 1:
+        for r in records:
+            _eval_worker(r, n_pred, max_traj, device, threads)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        for f in [ex.submit(_eval_worker, r, n_pred, max_traj, device, threads) for r in records]:
+            f.result()
+
+
+def save_npz(path: pathlib.Path, arrays: dict[str, Any]) -> None:
+    """``np.savez`` to a unique temporary name in the same folder, then rename."""
+    import tempfile
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def baseline_path(runs_dir: pathlib.Path, n_pred: int, max_traj: int | None) -> pathlib.Path:
+    return pathlib.Path(runs_dir) / "baseline" / f"persistence_P{n_pred}_n{max_traj if max_traj is not None else 'all'}.npz"
+
+
+def evaluate_baseline(record: dict[str, Any], n_pred: int, max_traj: int | None, out_dir: pathlib.Path) -> dict[str, np.ndarray]:
+    """The no-change reference x^_{t+1} = x_t on the validation data of ``record``'s task: its
+    validation loss and prediction losses, written to ``out_dir/baseline/`` (once per data)."""
+    path = baseline_path(out_dir, n_pred, max_traj)
+    task = task_of(record)
+    key = json.dumps(record["config"]["task"], sort_keys=True, default=str)
+    if path.exists():
+        with np.load(path) as z:
+            if str(z["task"]) == key:
+                return {k: z[k] for k in z.files}
+    pers = Persistence(task.d_out)
+    d = prediction_losses(pers, task, n_pred, max_traj, "cpu")
+    out = {"val": np.array(validation_loss(pers, task)), "loss_next": d["loss_next"], "loss_ar": d["loss_ar"],
+           "task": np.array(key)}
+    save_npz(path, out)
+    return out

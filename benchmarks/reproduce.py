@@ -1,0 +1,174 @@
+"""One command per paper result: ``make reproduce-<E>`` = ``python -m benchmarks.reproduce experiment=<E>``.
+
+    python -m benchmarks.reproduce experiment=table2 profile=smoke
+    python -m benchmarks.reproduce experiment=fig4 profile=paper hydra/launcher=submitit_slurm hydra.launcher.partition=gpu
+    python -m benchmarks.reproduce experiment=fig2 profile=smoke model.width=64      # any Hydra override
+
+The arguments are Hydra overrides of ``conf/train.yaml`` (parsed by Hydra's own override parser).
+``conf/experiment/<E>.yaml`` declares everything: its ``kind`` and, for ``kind: train``, the sweep
+(``hydra.sweeper.params``) and how it is reported (``report:``). For ``kind: train``:
+
+1. every job of the sweep is composed and checked (sizes, names, dtypes, a dry run of each model)
+   before anything runs or any file is written;
+2. data the tasks need are made once, here, before the runs start (MuJoCo trajectories);
+3. the sweep runs through ``python -m benchmarks.train -m`` with the given launcher (finished runs
+   are skipped, runs claimed by another process are left to it);
+4. evaluations that need the trained weights run beside each run (``benchmarks.evaluation``);
+5. the report reads exactly this sweep's records (``benchmarks.report``; ``benchmarks.robotics`` for
+   the robotics tables) and writes ``<results>/<E>/<profile>/`` and ``<plots>/<E>/<profile>/``.
+
+Other kinds call their module's ``run(cfg)``: ``landscape`` (Figures 3, 13, 24), ``timing``
+(Table I), ``speed`` (the speed benchmark), ``filters`` (Figure 12).
+"""
+from __future__ import annotations
+
+import importlib
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from benchmarks.config import CONF_DIR, ConfigError, choice, compose, expand_sweep, identity, validate, without_hydra
+
+KINDS = {"landscape": "benchmarks.landscape", "timing": "benchmarks.timing", "speed": "benchmarks.speed",
+         "filters": "benchmarks.filters"}
+
+
+def experiments() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _split(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(run overrides, Hydra's own: launcher and hydra.* settings)."""
+    hyd = [o for o in overrides if o.lstrip("+~").startswith("hydra")]
+    return [o for o in overrides if o not in hyd], hyd
+
+
+def plan(overrides: list[str]) -> tuple[Any, list[dict[str, Any]]]:
+    """The experiment's config and, for a training sweep, every job checked: ``(cfg, jobs)`` with
+    each job's overrides, config, model/task names and identity (fingerprint, folder)."""
+    run_over, _ = _split(overrides)
+    names = [o.split("=", 1)[1] for o in run_over if o.split("=", 1)[0] == "experiment"]
+    if not names:
+        raise ConfigError(f"name the result: experiment=<name>; valid: {', '.join(experiments())}")
+    if names[-1] not in experiments():
+        raise ConfigError(f"unknown experiment {names[-1]!r}; valid: {', '.join(experiments())}")
+    cfg = compose(run_over, return_hydra_config=True)
+    if cfg.kind != "train":
+        return cfg, []
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True) if cfg.hydra.sweeper.get("params") else {}
+    jobs = []
+    for job in expand_sweep({k: str(v) for k, v in params.items()}, run_over):
+        jc = compose(job, return_hydra_config=True)
+        model, task = choice("model", jc), choice("task", jc)
+        try:
+            validate(jc, task)
+            ident = identity(jc, model, task, job)
+        except (ConfigError, ValueError) as e:
+            raise ConfigError(f"job ({' '.join(job)}): {e}") from None
+        jobs.append({"overrides": job, "cfg": without_hydra(jc), "model": model, "task": task, **ident})
+    return cfg, jobs
+
+
+def prepare_data(jobs: list[dict[str, Any]]) -> None:
+    """Make (or verify) each dataset the jobs need, once, before parallel runs could race for it."""
+    seen = set()
+    for j in jobs:
+        t = OmegaConf.to_container(j["cfg"].task, resolve=True)
+        if t.get("_target_") != "tasks.mujoco.task.MujocoTask":
+            continue
+        key = (t["env"], t["data_profile"], t.get("data_dir"), t.get("agent_path"))
+        if key in seen:
+            continue
+        seen.add(key)
+        from tasks.mujoco.dataset import make_dataset
+
+        make_dataset(t["env"], t["data_profile"], root=t.get("data_dir"), agent_path=t.get("agent_path"),
+                     progress=bool(t.get("progress", True)))
+
+
+def evaluate(cfg, jobs: list[dict[str, Any]]) -> None:
+    """Next-step / autoregressive predictions of every finished run of the sweep, saved beside it,
+    and the no-change reference once per experiment (``benchmarks.evaluation``)."""
+    import os
+
+    import torch
+
+    from benchmarks import evaluation
+    from benchmarks.loop import resolve_device
+    from benchmarks.runs import read_records
+
+    ev = OmegaConf.to_container(cfg.profile.robotics_eval, resolve=True)
+    n_pred, max_traj = int(ev["predictions"]), ev.get("max_trajectories")
+    fps = {j["fingerprint"] for j in jobs}
+    root = pathlib.Path(cfg.paths.runs) / str(cfg.profile.name) / str(cfg.experiment_name)
+    records = [r for r in read_records(root) if r.get("config_fingerprint") in fps and r.get("status") == "ok"]
+    dev = resolve_device(cfg.device)
+    threads = int(cfg.threads) if cfg.threads else (1 if dev.type == "cpu" else None)
+    n_jobs = 1 if dev.type != "cpu" else max(1, min(2, os.cpu_count() or 1))
+    evaluation.evaluate_runs(records, n_pred, max_traj, str(dev), n_jobs, threads)
+    if records:
+        if threads:
+            torch.set_num_threads(threads)
+        evaluation.evaluate_baseline(records[0], n_pred, max_traj, root)
+
+
+def run_sweep(overrides: list[str]) -> int:
+    cmd = [sys.executable, "-m", "benchmarks.train", "-m", *overrides]
+    print("[reproduce] " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
+    return subprocess.call(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__ + "\nexperiments: " + ", ".join(experiments()))
+        return 0
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        OverridesParser.create().parse_overrides(argv)  # a malformed override fails here, with Hydra's message
+        cfg, jobs = plan(argv)
+    except ConfigError as e:
+        print(f"error: {e}\nnothing was run", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001  (Hydra's composition errors name the bad key)
+        print(f"error: {type(e).__name__}: {e}\nnothing was run", file=sys.stderr)
+        return 2
+    name, profile = str(cfg.experiment_name), str(cfg.profile.name)
+    if cfg.kind != "train":
+        if cfg.kind not in KINDS:
+            print(f"error: unknown kind {cfg.kind!r} in conf/experiment/{name}.yaml; valid: train, "
+                  f"{', '.join(KINDS)}", file=sys.stderr)
+            return 2
+        importlib.import_module(KINDS[str(cfg.kind)]).run(without_hydra(cfg))
+        return 0
+    distinct = {j["fingerprint"] for j in jobs}
+    print(f"[reproduce] {name} at profile {profile}: {len(jobs)} job(s), {len(distinct)} distinct run(s), "
+          f"all checked", file=sys.stderr, flush=True)
+    prepare_data(jobs)
+    code = run_sweep(argv)
+    if code:
+        print(f"error: the sweep exited with {code}; finished runs are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return code
+    rep = OmegaConf.to_container(cfg.report, resolve=True) or {}
+    paths = cfg.paths
+    kind = rep.get("kind", "curves")
+    if kind == "robotics":
+        evaluate(cfg, jobs)
+    if kind in ("robotics", "ablation"):
+        from benchmarks import robotics
+
+        robotics.report_table(cfg, jobs)
+    else:
+        from benchmarks.report import report
+
+        report(name, profile, paths.runs, paths.results, paths.plots, fingerprints=distinct, rep=rep)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

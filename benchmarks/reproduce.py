@@ -85,8 +85,9 @@ def prepare_data(jobs: list[dict[str, Any]]) -> None:
         seen.add(key)
         from tasks.mujoco.dataset import make_dataset
 
+        sizes = OmegaConf.to_container(j["cfg"].profile.data.mujoco, resolve=True)  # profile.data.mujoco.* overrides
         make_dataset(t["env"], t["data_profile"], root=t.get("data_dir"), agent_path=t.get("agent_path"),
-                     progress=bool(t.get("progress", True)))
+                     overrides=sizes, progress=bool(t.get("progress", True)))
 
 
 def evaluate(cfg, jobs: list[dict[str, Any]]) -> None:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import models
-from benchmarks import robotics
+from benchmarks import evaluation, robotics
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ class _FakeTask:
     normalize_states = normalize_actions = denormalize_states = staticmethod(lambda a: np.asarray(a, np.float32))
 
 
-Persistence = robotics.Persistence  # predicts zero change: x^_{t+1} = x_t
+Persistence = evaluation.Persistence  # predicts zero change: x^_{t+1} = x_t
 
 
 class Zeros(torch.nn.Module):
@@ -110,7 +110,7 @@ def test_autoregressive_feeds_predictions_back_on_real_data(tiny_task):
     task, _ = tiny_task
     dx = task.d_out
     P = 20
-    out = robotics.prediction_losses(Persistence(dx), task, P)
+    out = evaluation.prediction_losses(Persistence(dx), task, P)
     traj = task.val_trajectories()
     t0 = int(out["t0"])
     assert t0 == task.context - 1 and out["loss_next"].shape == (len(traj["states"]), P)
@@ -122,7 +122,7 @@ def test_autoregressive_feeds_predictions_back_on_real_data(tiny_task):
         "a zero-change model has the same next-step and autoregressive loss: predictions are not fed back"
     assert np.allclose(out["loss_ar"][:, 0], out["loss_next"][:, 0])  # the first prediction sees the same window
     # a model whose output ignores its inputs (all zeros) cannot tell the two apart
-    z = robotics.prediction_losses(Zeros(dx), task, P)
+    z = evaluation.prediction_losses(Zeros(dx), task, P)
     assert np.allclose(z["loss_ar"], z["loss_next"])
 
 
@@ -132,14 +132,14 @@ def test_autoregressive_never_looks_at_future_ground_truth():
     states = np.random.default_rng(0).standard_normal((n, T + 1, dx)).astype(np.float32)
     actions = np.random.default_rng(1).standard_normal((n, T, du)).astype(np.float32)
     model = models.build_model("robotics_stu", d_in=dx + du, d_out=dx, seq_len=L, width=32, depth=2).eval()
-    base = robotics.prediction_losses(model, _FakeTask(states, actions, L), P)
+    base = evaluation.prediction_losses(model, _FakeTask(states, actions, L), P)
     t0 = int(base["t0"])
     assert t0 == L - 1
     # perturbing every ground-truth state after t0 changes no autoregressive prediction (and does
     # change next-step predictions, which are allowed to see them)
     s2 = states.copy()
     s2[:, t0 + 1:] += 5.0
-    pert = robotics.prediction_losses(model, _FakeTask(s2, actions, L), P)
+    pert = evaluation.prediction_losses(model, _FakeTask(s2, actions, L), P)
     assert np.array_equal(pert["pred_ar"], base["pred_ar"])
     assert not np.allclose(pert["pred_next"][:, 1:], base["pred_next"][:, 1:])
     # perturbing the inputs at time t0+k+1 and later leaves predictions 0..k unchanged (causal)
@@ -148,7 +148,7 @@ def test_autoregressive_never_looks_at_future_ground_truth():
     a2[:, t0 + k + 1:] += 5.0
     s3 = states.copy()
     s3[:, t0 + k + 1:] += 5.0
-    late = robotics.prediction_losses(model, _FakeTask(s3, a2, L), P)
+    late = evaluation.prediction_losses(model, _FakeTask(s3, a2, L), P)
     for key in ("pred_ar", "pred_next"):
         assert np.allclose(late[key][:, : k + 1], base[key][:, : k + 1], atol=1e-5), key
         assert not np.allclose(late[key][:, k + 1:], base[key][:, k + 1:]), key
@@ -165,22 +165,21 @@ def test_short_windows_when_context_exceeds_history():
     rng = np.random.default_rng(2)
     states = rng.standard_normal((n, T + 1, dx)).astype(np.float32)
     actions = rng.standard_normal((n, T, du)).astype(np.float32)
-    out = robotics.prediction_losses(Persistence(dx), _FakeTask(states, actions, L), P)
+    out = evaluation.prediction_losses(Persistence(dx), _FakeTask(states, actions, L), P)
     assert int(out["t0"]) == T - P  # context longer than the trajectory allows: start at T - P
     assert np.allclose(out["pred_next"], states[:, T - P: T])
     with pytest.raises(ValueError):
-        robotics.prediction_losses(Persistence(dx), _FakeTask(states, actions, L), T + 1)
+        evaluation.prediction_losses(Persistence(dx), _FakeTask(states, actions, L), T + 1)
 
 
 # ------------------------------------------------------------------------ tiny make reproduce-table2
 def _make_table2(tmp_path, data_dir, extra=()):
     env = dict(os.environ, FSB_RUNS=str(tmp_path / "runs"), FSB_DATA=str(data_dir), FSB_OFFLINE="1",
-               PYTHONPATH=str(ROOT))
-    data_args = " ".join(f"profiles.smoke.{k}={v}" for k, v in TINY.items())
+               FSB_RESULTS=str(tmp_path / "results"), FSB_PLOTS=str(tmp_path / "plots"), PYTHONPATH=str(ROOT))
+    sizes = " ".join(f"profile.data.mujoco.{k}={v}" for k, v in TINY.items())
     cmd = ["make", "-C", str(ROOT), "reproduce-table2", "PROFILE=smoke", "STAMP=", f"PY={sys.executable}",
-           f"RESULTS={tmp_path / 'results'}", f"PLOTS={tmp_path / 'plots'}", f"DATA_ARGS={data_args}",
-           "ARGS=profile.mujoco_context=16 steps=3 batch_size=4 eval_every=2 task.val_fraction=0.34",
-           "ROBOT_ARGS=--predictions 20", *extra]
+           f"ARGS=profile.mujoco_context=16 steps=3 batch_size=4 eval_every=2 task.val_fraction=0.34 "
+           f"profile.robotics_eval.predictions=20 {sizes}", *extra]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, f"make failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
     return p
@@ -190,7 +189,8 @@ def _make_table2(tmp_path, data_dir, extra=()):
 def test_make_reproduce_table2_on_tiny_data(tmp_path, tiny_task):
     _, data_dir = tiny_task
     _make_table2(tmp_path, data_dir)
-    md = (tmp_path / "results" / "table2.md").read_text()
+    out = tmp_path / "results" / "table2" / "smoke"
+    md = (out / "table.md").read_text()
     rows = [line for line in md.splitlines() if re.match(r"\| (STU|STU-T|Transformer|Mamba-2) \|", line)]
     assert len(rows) == 4, md
     assert "Validation loss (paper, reference)" in md
@@ -198,37 +198,38 @@ def test_make_reproduce_table2_on_tiny_data(tmp_path, tiny_task):
         row = [r for r in rows if r.startswith(f"| {lab} |")][0]
         assert v in row
         assert "no run" not in row and "n/a" not in row
+    assert "No-change baseline" in md
     assert "Profile: **smoke**" in md and "Commit(s):" in md and "Device(s):" in md
-    tex = (tmp_path / "results" / "table2.tex").read_text()
+    tex = (out / "table.tex").read_text()
     assert r"\begin{tabular}" in tex and "0.0092" in tex
-    for name in ("table2_ant_smoke", "table2_ant_nextstep_smoke", "table2_ant_autoregressive_smoke",
-                 "table2_ant_fig22_smoke", "table2_ant_fig23_smoke"):
-        assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 10_000, name
+    for name in ("table2", "nextstep", "autoregressive", "fig22", "fig23"):
+        assert (tmp_path / "plots" / "table2" / "smoke" / f"{name}.png").stat().st_size > 10_000, name
     import pandas as pd
-    pred = pd.read_csv(tmp_path / "results" / "table2_ant" / "smoke" / "predictions.csv")
+    pred = pd.read_csv(out / "predictions.csv")
     assert set(pred["model"]) == set(robotics.ROBOTICS_MODELS) and pred["k"].max() == 20
     runs = sorted((tmp_path / "runs").rglob("record.json"))
     assert len(runs) == 4 and all((r.parent / "model.pt").exists() for r in runs)
+    assert all(list(r.parent.glob("predictions_P20_*.npz")) for r in runs), "evaluations are saved beside the runs"
+    # a second call trains nothing and gives the same table
+    p = _make_table2(tmp_path, data_dir)
+    assert p.stderr.count("[skip]") == 4 and (out / "table.md").read_text().split("Runs:")[0] == md.split("Runs:")[0]
 
 
-def test_figure24_landscape_on_tiny_ant_data(tiny_task, tmp_path, monkeypatch):
-    """figure=fig24 composes the Ant task and the robotics models at width 128 / depth 4 and writes the
-    Hessian-ratio heat maps under their own names (not Figure 3's)."""
-    from hydra import compose, initialize_config_dir
+def test_data_making_does_not_move_the_training_rng(tiny_task, tmp_path):
+    """A task that repairs its data in-process leaves torch's global RNG where it was."""
+    import shutil as sh
 
-    from benchmarks import landscape as L
+    from tasks.mujoco.task import MujocoTask
 
     _, data_dir = tiny_task
-    monkeypatch.setenv("FSB_DATA", str(data_dir))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("landscape", overrides=[
-            "figure=fig24", "models=[robotics_stu_t,robotics_transformer]", "grid=2", "train_steps=2", "batch_size=2",
-            "profile.mujoco_context=16", "task.val_fraction=0.34", f"out_results={tmp_path}/res",
-            f"out_plots={tmp_path}/plots"])
-    assert cfg.model_overrides.width == 128 and cfg.model_overrides.depth == 4
-    assert "mlp" not in cfg.model_overrides  # Figure 3's one-layer overrides do not leak in
-    rec = L.run(cfg)
-    assert set(rec["models"]) == {"robotics_stu_t", "robotics_transformer"}
-    assert (tmp_path / "plots" / "fig24_hessian_smoke.png").stat().st_size > 5000
-    assert not (tmp_path / "plots" / "fig13_hessian_smoke.png").exists()
-    assert (tmp_path / "res" / "smoke" / "landscape.csv").exists()
+    copy = tmp_path / "data"
+    sh.copytree(data_dir, copy)
+    shard = next((copy / "mujoco" / "ant" / "smoke").glob("shard_*.npz"))
+    shard.unlink()  # the task must make this shard again (PPO rollouts in this process)
+    torch.manual_seed(0)
+    MujocoTask(env="ant", data_profile="smoke", context=8, val_fraction=0.34, data_dir=str(copy), progress=False)
+    assert shard.exists()
+    a = torch.rand(4)
+    torch.manual_seed(0)
+    MujocoTask(env="ant", data_profile="smoke", context=8, val_fraction=0.34, data_dir=str(copy), progress=False)
+    assert torch.equal(a, torch.rand(4))

@@ -60,7 +60,10 @@ class MujocoTask(Task):
             with torch.random.fork_rng(devices=[]):
                 state = np.random.get_state()
                 try:
-                    make_dataset(spec.name, profile, root=data_dir, agent_path=agent_path, progress=progress)
+                    # a partial or damaged dataset is finished with the sizes it was started with
+                    sizes = dict(man["config"]) if man is not None else None
+                    make_dataset(spec.name, profile, root=data_dir, agent_path=agent_path, overrides=sizes,
+                                 progress=progress)
                 finally:
                     np.random.set_state(state)
         data, self.manifest = load_dataset(spec.name, profile, data_dir, verify=False)

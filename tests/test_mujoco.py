@@ -333,23 +333,42 @@ def test_build_task_from_config(offline):
     assert task.default_optimizer["name"] == "adamw" and task.primary_metric == "loss" and not task.higher_is_better
 
 
-def test_make_data_cli_rejects_unknown_key(capsys):
-    from tasks.mujoco.make_data import main
+def _make_data_cfg(overrides: list[str]):
+    """The config ``python -m tasks.mujoco.make_data <overrides>`` runs with."""
+    from hydra import compose, initialize_config_dir
 
-    assert main(["env=ant", "profile=smoke", "nonsense=1"]) == 2
-    assert main(["env=ant", "profile=huge"]) == 1
+    import tasks.mujoco.make_data  # noqa: F401  (registers the ${repo:} resolver)
+    from tasks.base import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("make_data", overrides=overrides)
+
+
+def test_make_data_cli_rejects_unknown_key():
+    from hydra.errors import HydraException
+
+    from tasks.mujoco.make_data import make
+
+    with pytest.raises(HydraException, match="nonsense"):
+        _make_data_cfg(["env=ant", "profile=smoke", "nonsense=1"])
+    with pytest.raises(HydraException, match="huge"):
+        _make_data_cfg(["env=ant", "profile=huge"])
+    assert make(_make_data_cfg(["env=robotdog", "profile=smoke"])) == 2
 
 
 @pytest.mark.slow
 def test_make_data_cli_smoke_end_to_end(offline):
-    """The real smoke profile (a minute or more per robot): shards, manifest and plot."""
-    from tasks.mujoco.make_data import main
+    """The real smoke profile (with the committed smoke agent, about 15 s per robot): shards,
+    manifest and plot."""
+    from tasks.mujoco.make_data import make
 
-    assert main(["env=halfcheetah", "profile=smoke"]) == 0
+    assert make(_make_data_cfg(["env=halfcheetah", "profile=smoke", "progress=false"])) == 0
     ddir = dataset_dir("halfcheetah", "smoke")
+    assert ddir.parent.parent.parent == offline
     man = json.loads((ddir / "manifest.json").read_text())
     assert man["complete"] and man["n_traj"] == 32 and man["steps"] == 1000 and (ddir / "plot.png").is_file()
     assert len(list(ddir.glob("shard_*.npz"))) == man["n_shards"]
+    assert man["agent"]["source"] == "committed"
 
 
 def test_committed_paper_ant_agent_loads_and_acts():
@@ -365,3 +384,123 @@ def test_committed_paper_ant_agent_loads_and_acts():
     obs, _ = make_env("ant").reset(seed=0)
     a1, a2 = agent.act(obs[None]), agent.act(obs[None])
     assert a1.shape == (1, 8) and np.array_equal(a1, a2) and np.all(np.abs(a1) <= 1.0)
+
+
+# ------------------------------------------------------------------- committed agents (results/)
+COMMITTED = sorted(p for p in (REPO / "results" / "mujoco_data").glob("*/*/agent/ppo-*_t*_s*.json")
+                   if p.with_suffix(".zip").exists())
+
+
+def test_committed_agents_are_there():
+    """The smoke agents of the three robots and the paper agents of Ant and HalfCheetah are committed."""
+    have = {(p.parts[-4], p.parts[-3]) for p in COMMITTED}
+    want = {(e, "smoke") for e in ROBOTS} | {("ant", "paper"), ("halfcheetah", "paper")}
+    assert want <= have, f"missing committed agents: {sorted(want - have)}"
+
+
+@pytest.mark.parametrize("record", COMMITTED, ids=lambda p: f"{p.parts[-4]}-{p.parts[-3]}")
+def test_committed_agent_is_found_loads_and_acts_deterministically(record, offline, monkeypatch):
+    env, profile = record.parts[-4], record.parts[-3]
+    rec = json.loads(record.read_text())
+
+    def no_training(*a, **k):
+        raise AssertionError("the committed agent should have been used")
+
+    monkeypatch.setattr(agents_mod, "train_local_agent", no_training)
+    agent = resolve_agent(env, timesteps=rec["timesteps"], seed=rec["train_seed"], eval_episodes=rec["eval_episodes"],
+                          profile=profile, log=lambda s: None)
+    r = agent.record
+    assert r["source"] == "committed" and r["profile"] == profile
+    assert r["path"] == record.with_suffix(".zip").relative_to(REPO).as_posix()  # repo-relative, no machine paths
+    assert r["vecnormalize"] == r["path"].replace(".zip", "_vecnormalize.pkl") and agent.vecnorm is not None
+    assert r["sha256"] == rec["sha256"] == agents_mod.sha256_file(REPO / r["path"])
+    assert r["mean_return"] == rec["mean_return"] and r["timesteps"] == rec["timesteps"]
+    if "weights_sha256" in rec:
+        assert r["weights_sha256"] == rec["weights_sha256"]
+    # the same observations give the same actions, call after call and whatever the batch
+    e = make_env(env)
+    obs = np.stack([e.reset(seed=s)[0] for s in range(3)])
+    a1, a2 = agent.act(obs), agent.act(obs)
+    assert a1.shape == (3, robot(env).action_dim) and np.array_equal(a1, a2) and np.all(np.abs(a1) <= 1.0)
+    assert np.array_equal(agent.act(obs[1:2]), a1[1:2])
+    noise = np.random.default_rng(0).normal(size=a1.shape)
+    assert np.array_equal(agent.act(obs, noise), agent.act(obs, noise))
+
+
+def test_dataset_prefers_committed_agent_over_hub_and_training(offline, monkeypatch):
+    """No user file: the committed smoke agent (its record matches the profile's budget and seed) is
+    used before the hub and before training; the manifest records it repo-relative."""
+    monkeypatch.delenv("FSB_OFFLINE")
+
+    def not_this(*a, **k):
+        raise AssertionError("the committed agent should have been used")
+
+    monkeypatch.setattr(agents_mod, "hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(agents_mod, "_hub_agent", not_this)
+    monkeypatch.setattr(agents_mod, "train_local_agent", not_this)
+    settings = {**TINY, "n_traj": 2, "shard_size": 2, "agent_timesteps": 10_000, "agent_seed": 0, "eval_episodes": 4}
+    man = make_dataset("halfcheetah", "smoke", overrides=settings, progress=False, log=lambda s: None)
+    a = man["agent"]
+    rel = "results/mujoco_data/halfcheetah/smoke/agent/ppo-seals-HalfCheetah-v1_t10000_s0.zip"
+    assert a["source"] == "committed" and a["path"] == rel and a["trained_as"] == "local"
+    text = (dataset_dir("halfcheetah", "smoke") / "manifest.json").read_text()
+    assert str(REPO) not in text and str(offline) not in json.dumps(a)
+    # an explicit user file still wins over the committed agent (a copy: a user agent's evaluation
+    # is cached beside its zip, and tests never write into results/)
+    user = offline / "mine.zip"
+    shutil.copyfile(REPO / rel, user)
+    man2 = make_dataset("halfcheetah", "smoke", root=offline / "other", agent_path=str(user), overrides=settings,
+                        progress=False, log=lambda s: None)
+    assert man2["agent"]["source"] == "user"
+    # another budget or seed: no committed agent, so the chain goes on (hub, then training: both refused here)
+    with pytest.raises(AssertionError, match="committed agent should have been used"):
+        resolve_agent("halfcheetah", timesteps=10_000, seed=1, profile="smoke", log=lambda s: None)
+
+
+def _copy_committed(tmp_path, env="halfcheetah", timesteps=128) -> dict[str, pathlib.Path]:
+    """A copy of the committed smoke agent of ``env`` under a fake committed root, renamed and
+    re-recorded as a ``timesteps``-step agent (so a fallback trains only that many steps)."""
+    spec = robot(env)
+    src = agents_mod.committed_agent_paths(spec, "smoke", 10_000, 0)
+    agents_mod_root = tmp_path / "committed"
+    stem = f"ppo-{spec.slug}_t{timesteps}_s0"
+    dst = agents_mod_root / env / "smoke" / "agent"
+    dst.mkdir(parents=True)
+    out = {"zip": dst / f"{stem}.zip", "vecnorm": dst / f"{stem}_vecnormalize.pkl", "record": dst / f"{stem}.json"}
+    shutil.copyfile(src["zip"], out["zip"])
+    shutil.copyfile(src["vecnorm"], out["vecnorm"])
+    rec = json.loads(src["record"].read_text())
+    rec.update(timesteps=timesteps, sha256=agents_mod.sha256_file(out["zip"]))
+    out["record"].write_text(json.dumps(rec))
+    out["root"] = agents_mod_root
+    return out
+
+
+def test_committed_agent_that_does_not_match_its_record_is_not_used(tmp_path, offline, monkeypatch):
+    files = _copy_committed(tmp_path)
+    monkeypatch.setattr(agents_mod, "COMMITTED_ROOT", files["root"])
+    kw = dict(timesteps=128, seed=0, eval_episodes=1, profile="smoke")
+    good = resolve_agent("halfcheetah", **kw, log=lambda s: None)
+    assert good.record["source"] == "committed" and good.record["path"] == str(files["zip"])  # outside the repo
+
+    data = bytearray(files["zip"].read_bytes())
+    data[-30] ^= 0xFF  # one changed byte: the zip no longer has the sha256 of its record
+    files["zip"].write_bytes(bytes(data))
+    msgs = []
+    agent = resolve_agent("halfcheetah", **kw, log=msgs.append)
+    assert agent.record["source"] == "local" and agent.record["reused"] is False  # trained (128 steps) instead
+    assert any("does not match its record" in m for m in msgs)
+
+
+def test_committed_agent_for_other_budget_or_seed_is_not_used(tmp_path, offline, monkeypatch):
+    files = _copy_committed(tmp_path)
+    monkeypatch.setattr(agents_mod, "COMMITTED_ROOT", files["root"])
+    rec = json.loads(files["record"].read_text())
+    files["record"].write_text(json.dumps({**rec, "train_seed": 7}))  # the file name says s0, the record s7
+    msgs = []
+    agent = resolve_agent("halfcheetah", timesteps=128, seed=0, eval_episodes=1, profile="smoke", log=msgs.append)
+    assert agent.record["source"] == "local" and any("not 128/0" in m for m in msgs)
+    # without a profile the committed agents are not looked at
+    files["record"].write_text(json.dumps(rec))
+    again = resolve_agent("halfcheetah", timesteps=128, seed=0, eval_episodes=1, log=lambda s: None)
+    assert again.record["source"] == "local" and again.record["reused"] is True

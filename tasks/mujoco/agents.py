@@ -1,21 +1,30 @@
-"""PPO agents that drive the robots: from the hub, from a user file, or trained here.
+"""PPO agents that drive the robots: a user file, a committed agent, the hub, or one trained here.
 
 Order of preference (:func:`resolve_agent`):
 
 1. ``agent_path`` given by the user (``agent.path=...``): that Stable-Baselines3 zip, always.
    (An explicit request beats the default chain; without it the chain below runs.)
-2. The hub's ``HumanCompatibleAI/ppo-seals-<Robot>-v1`` agent the paper used ([20]), downloaded
+2. The agent committed with the repository for the dataset profile (``profile=``):
+   ``results/mujoco_data/<env>/<profile>/agent/ppo-<slug>_t<timesteps>_s<seed>.zip`` with its
+   ``_vecnormalize.pkl`` and ``.json`` record, used only when the record is for the requested
+   ``timesteps`` and ``seed`` and its sha256 is that of the zip. Training the same agent again on
+   another machine can give another agent (another CPU rounds differently), and the data made with
+   it would differ; the committed file is the same everywhere. Its record says ``source: committed``
+   and gives repo-relative paths.
+3. The hub's ``HumanCompatibleAI/ppo-seals-<Robot>-v1`` agent the paper used ([20]), downloaded
    into ``$FSB_DATA/agents/hub`` with ``huggingface_hub`` together with ``vec_normalize.pkl`` when the
    repo has one -- only when a quick reachability check passes (``FSB_OFFLINE=1`` or
    ``HF_HUB_OFFLINE=1`` skip it; ``FSB_HUB_DIR=<dir>`` reads ``<dir>/<repo>/<file>`` instead of the
    network, for mirrors and tests).
-3. A PPO agent trained here with Stable-Baselines3 and the tuned hyperparameters published with
+4. A PPO agent trained here with Stable-Baselines3 and the tuned hyperparameters published with
    the ``ppo-seals`` agents (:data:`TUNED_PPO`), for ``timesteps`` set by the profile; saved with
    its VecNormalize statistics and mean evaluation return in ``$FSB_DATA/agents/local`` and
    reused on the next call.
 
 Every agent comes with a JSON-able ``record`` (source, path, sha256, mean return, seeds) that the
-dataset manifest stores.
+dataset manifest stores. ``sha256`` is that of the zip file, which also holds save times and the
+machine's OS string; ``weights_sha256`` (of the policy weights inside it) is the same for the same
+weights on every machine.
 """
 from __future__ import annotations
 
@@ -35,9 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from tasks.mujoco.envs import RobotSpec, agents_dir, make_env, robot, torch_threads
+from tasks.mujoco.envs import REPO_ROOT, RobotSpec, agents_dir, make_env, robot, torch_threads
 
 HUB_HOST = "huggingface.co"
+# Agents committed with the repository: COMMITTED_ROOT/<env>/<profile>/agent/ (tests point it elsewhere).
+COMMITTED_ROOT = REPO_ROOT / "results" / "mujoco_data"
 
 # Tuned PPO hyperparameters published on the model cards of the seals PPO agents (RL Zoo tuning for
 # seals/*-v0; hub repos HumanCompatibleAI/ppo-seals-Walker2d-v0 and ernestumorga/ppo-seals-{Ant,
@@ -114,6 +125,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while b := f.read(chunk):
             h.update(b)
     return h.hexdigest()
+
+
+def weights_sha256(zip_path: str | os.PathLike) -> str | None:
+    """sha256 of the policy weights (``policy.pth``) inside an SB3 zip: unlike the zip's own sha256
+    it does not depend on when or on which OS the agent was saved. None if the zip has no such member."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            return hashlib.sha256(z.read("policy.pth")).hexdigest()
+    except (KeyError, OSError, zipfile.BadZipFile):
+        return None
 
 
 def _atomic_write_json(path: pathlib.Path, obj: Any) -> None:
@@ -353,6 +376,59 @@ def local_agent_paths(spec: RobotSpec, timesteps: int, seed: int, root=None) -> 
     return {"zip": base / f"{stem}.zip", "vecnorm": base / f"{stem}_vecnormalize.pkl", "record": base / f"{stem}.json"}
 
 
+def committed_agent_paths(spec: RobotSpec, profile: str, timesteps: int, seed: int) -> dict[str, pathlib.Path]:
+    """Where the agent committed for ``profile`` lives (same file names as a local agent)."""
+    base = pathlib.Path(COMMITTED_ROOT) / spec.name / profile / "agent"
+    stem = f"ppo-{spec.slug}_t{timesteps}_s{seed}"
+    return {"zip": base / f"{stem}.zip", "vecnorm": base / f"{stem}_vecnormalize.pkl", "record": base / f"{stem}.json"}
+
+
+def _repo_relative(path: pathlib.Path) -> str:
+    """``path`` relative to the repository when it lies inside it (manifests then hold no
+    machine-specific absolute paths), else absolute."""
+    p = pathlib.Path(path).resolve()
+    try:
+        return p.relative_to(REPO_ROOT.resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def _committed_agent(spec: RobotSpec, profile: str, timesteps: int, seed: int, eval_episodes: int,
+                     log=print) -> Agent | None:
+    """The committed agent of ``profile`` for ``timesteps``/``seed``, or None (with the reason logged
+    when there is a file that cannot be used)."""
+    paths = committed_agent_paths(spec, profile, timesteps, seed)
+    if not paths["zip"].exists():
+        return None
+    where = _repo_relative(paths["zip"])
+    try:
+        rec = json.loads(paths["record"].read_text())
+    except (OSError, ValueError) as e:
+        log(f"[agent] committed agent {where} has no readable record ({type(e).__name__}: {e}); not using it")
+        return None
+    if (rec.get("timesteps"), rec.get("train_seed")) != (timesteps, seed):
+        log(f"[agent] committed agent {where}: its record is for timesteps={rec.get('timesteps')} "
+            f"seed={rec.get('train_seed')}, not {timesteps}/{seed}; not using it")
+        return None
+    sha = sha256_file(paths["zip"])
+    if rec.get("sha256") != sha:
+        log(f"[agent] committed agent {where} does not match its record (sha256 {sha[:12]}..., record says "
+            f"{str(rec.get('sha256'))[:12]}...); not using it")
+        return None
+    vecnorm = paths["vecnorm"] if paths["vecnorm"].exists() else None
+    agent = load_sb3_agent(paths["zip"], spec, vecnorm)
+    record = {k: v for k, v in rec.items() if k not in ("path", "vecnormalize", "source", "reused")}
+    record.update({
+        "source": "committed", "trained_as": rec.get("source", "local"), "profile": profile,
+        "path": where, "vecnormalize": _repo_relative(vecnorm) if vecnorm else None,
+        "sha256": sha, "weights_sha256": weights_sha256(paths["zip"]),
+    })
+    if "mean_return" not in record or record.get("eval_episodes", 0) < eval_episodes:
+        record.update(evaluate(agent, spec.name, eval_episodes))  # in memory: results/ is not written
+    agent.record = record
+    return agent
+
+
 def _local_agent(spec: RobotSpec, timesteps: int, seed: int, eval_episodes: int, root=None) -> Agent:
     paths = local_agent_paths(spec, timesteps, seed, root)
     if paths["zip"].exists() and paths["record"].exists():
@@ -365,6 +441,7 @@ def _local_agent(spec: RobotSpec, timesteps: int, seed: int, eval_episodes: int,
     agent = train_local_agent(spec, timesteps, seed, paths)
     agent.record.update(evaluate(agent, spec.name, eval_episodes))
     agent.record["sha256"] = sha256_file(paths["zip"])
+    agent.record["weights_sha256"] = weights_sha256(paths["zip"])
     _atomic_write_json(paths["record"], agent.record)
     agent.record = {**agent.record, "reused": False}
     return agent
@@ -407,13 +484,22 @@ def train_local_agent(spec: RobotSpec, timesteps: int, seed: int, paths: dict[st
 
 
 def resolve_agent(env: str, *, agent_path: str | None = None, timesteps: int = 10_000, seed: int = 0,
-                  eval_episodes: int = 4, use_hub: bool = True, root=None, log=print) -> Agent:
-    """The agent for ``env``: user file, else hub (if reachable), else a cached/trained local one."""
+                  eval_episodes: int = 4, use_hub: bool = True, root=None, profile: str | None = None,
+                  log=print) -> Agent:
+    """The agent for ``env``: user file, else the agent committed for ``profile`` (when its record
+    is for ``timesteps``/``seed`` and matches its sha256), else hub (if reachable), else a
+    cached/trained local one."""
     spec = robot(env)
     cache = agents_dir(root)
     if agent_path:
         log(f"[agent] loading user agent {agent_path}")
         return _user_agent(spec, agent_path, eval_episodes)
+    if profile is not None:
+        agent = _committed_agent(spec, profile, timesteps, seed, eval_episodes, log=log)
+        if agent is not None:
+            log(f"[agent] using the committed agent {agent.record['path']} "
+                f"(mean return {agent.record['mean_return']:.1f} over {agent.record['eval_episodes']} episodes)")
+            return agent
     if use_hub:
         t0 = time.time()
         if os.environ.get("FSB_HUB_DIR") or hub_reachable():

@@ -19,11 +19,9 @@ that claims the folder. A corrupt record is set aside under a unique name and th
 """
 from __future__ import annotations
 
-import csv
 import datetime
 import errno
 import hashlib
-import io
 import json
 import os
 import pathlib
@@ -239,14 +237,3 @@ def iter_records(root: str | os.PathLike) -> Iterator[dict[str, Any]]:
 
 def read_records(root: str | os.PathLike) -> list[dict[str, Any]]:
     return list(iter_records(root))
-
-
-def write_csv_text(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()

@@ -100,11 +100,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               "files": {"csv": str(out / "filters.csv"), "plot": str(plot)},
               "wall_time_s": round(time.perf_counter() - t0, 2)}
     atomic_write_json(out / "record.json", record)
-    if cfg.get("progress", True):
-        e = nums["eigenvalues"]
-        print(f"[fig12] {plot}: {c['k']} filters at L={c['seq_len']} ({c['variant']}); eigenvalues {e[0]:.3g} .. "
-              f"{e[-1]:.3g}; residual {nums['eigen_residual_max']:.1e}, orthonormality error "
-              f"{nums['orthonormality_error_max']:.1e}", file=sys.stderr)
+    e = nums["eigenvalues"]
+    print(f"[fig12] {plot}: {c['k']} filters at L={c['seq_len']} ({c['variant']}); eigenvalues {e[0]:.3g} .. "
+          f"{e[-1]:.3g}; residual {nums['eigen_residual_max']:.1e}, orthonormality error "
+          f"{nums['orthonormality_error_max']:.1e}", file=sys.stderr)
     return record
 
 

@@ -51,8 +51,8 @@ from benchmarks import loop
 from benchmarks.config import CONF_DIR, ConfigError, task_class, task_shapes
 from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions
 from benchmarks.report import LABELS
-from benchmarks.timing import (device_and_dtype, dry_run, log, optimizer_summary, require_int, require_kind,
-                               require_models, require_number, run_settings)
+from benchmarks.timing import (device_and_dtype, dry_run, optimizer_summary, require_int, require_kind, require_models,
+                               require_number, run_settings, say)
 
 
 # ------------------------------------------------------------------------------------ the geometry
@@ -154,6 +154,7 @@ def landscape_of(name: str, task, spec: dict[str, Any]) -> Landscape:
             break
     opt_info = optimizer_summary(opt)
     del opt
+    model.zero_grad(set_to_none=True)  # the Hessian uses autograd.grad; the training gradients are not needed
     batch = loop.to_device(task.eval_batch(bs, 10**6 + seed), device, dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     base = [p.detach().clone() for p in params]
@@ -327,10 +328,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for name in names:
         s = record["summary"][name]
         mr = s["mean_hess_ratio"]
-        log(cfg, f"{LABELS.get(name, name):12s} objective at the trained point {s['loss_at_centre']:.4g} "
-                 f"(aux {s['aux_loss_at_centre']:.3g}); max/min over the grid {s['loss_max_over_min'] or math.nan:.3g}; "
-                 f"mean |lmin/lmax| {'-' if mr is None else f'{mr:.3f}'}")
-    log(cfg, f"wrote {out_results} and {out_plots} in {record['wall_time_s']:.0f} s")
+        say(f"{LABELS.get(name, name):12s} objective at the trained point {s['loss_at_centre']:.4g} "
+            f"(aux {s['aux_loss_at_centre']:.3g}); max/min over the grid {s['loss_max_over_min'] or math.nan:.3g}; "
+            f"mean |lmin/lmax| {'-' if mr is None else f'{mr:.3f}'}")
+    say(f"wrote {out_results} and {out_plots} in {record['wall_time_s']:.0f} s")
     return record
 
 

@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown kind {cfg.kind!r} in conf/experiment/{name}.yaml; valid: train, "
                   f"{', '.join(KINDS)}", file=sys.stderr)
             return 2
-        importlib.import_module(KINDS[str(cfg.kind)]).run(without_hydra(cfg))
+        try:
+            importlib.import_module(KINDS[str(cfg.kind)]).run(without_hydra(cfg))
+        except ConfigError as e:
+            print(f"error: {e}\nnothing was run", file=sys.stderr)
+            return 2
         return 0
     distinct = {j["fingerprint"] for j in jobs}
     print(f"[reproduce] {name} at profile {profile}: {len(jobs)} job(s), {len(distinct)} distinct run(s), "

@@ -1,5 +1,4 @@
 """Spectral filters (appendix A), the causal FFT convolution and the STU / STU-T layers."""
-import pathlib
 import pytest
 import torch
 
@@ -134,21 +133,3 @@ def test_hankel_L_variant_drops_minus_branch():
     stu = STU(4, 16, num_filters=3, filter_variant="hankel_L")
     assert stu.M_minus is None
     assert stu(torch.randn(1, 16, 4)).shape == (1, 16, 4)
-
-
-def test_figure12_filters_written_from_the_suite_filters(tmp_path):
-    """benchmarks.filters writes the filters it draws (CSV equal to spectral_filters), a record with
-    the eigen-equation residual, and the PNG; a bad variant names the valid ones."""
-    import csv
-
-    from benchmarks.filters import main
-
-    rec = main(["--seq-len", "64", "--k", "7", "--results", str(tmp_path / "r"), "--plots", str(tmp_path / "p")])
-    assert rec["eigen_residual_max"] < 1e-12 and rec["orthonormality_error_max"] < 1e-12
-    with open(rec["csv"]) as f:
-        rows = list(csv.DictReader(f))
-    phi = spectral_filters(64, 7)
-    assert len(rows) == 64 and abs(float(rows[5]["phi_3"]) - float(phi[5, 2])) < 1e-15
-    assert pathlib.Path(rec["plot"]).stat().st_size > 10_000
-    with pytest.raises(SystemExit, match="hankel_L"):
-        main(["--variant", "hankle", "--results", str(tmp_path / "r"), "--plots", str(tmp_path / "p")])

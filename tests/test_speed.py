@@ -5,22 +5,32 @@ import pathlib
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from benchmarks import speed
+from benchmarks.config import ConfigError, compose
 
-CONF = pathlib.Path(__file__).resolve().parent.parent / "conf"
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread in these tests (tiny sizes; two threads on a shared 2-core machine can wait on
+    each other for seconds); the count is restored for the tests that follow."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _cfg(tmp_path, *extra):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("speed", overrides=[
-            "speed=smoke", f"out_dir={tmp_path}", f"plot_dir={tmp_path}/plots", "name=tiny", "progress=false",
-            "device=cpu", "speed.warmup=1", "speed.repeats=1", "speed.min_repeats=1",
-            "speed.train.settings_only=[fig2_lds]", "speed.train.models_only=[stu_plain,stu_fast,transformer]",
-            "speed.sweep.lengths=[16,32]", "speed.sweep.only=[stu-kernel-freq,stu-filters,attention-sdpa,"
-            "attention-flash_attn,sliding_attention-softcap-math]",
-            "speed.sweep.variants.sliding_attention-softcap-math.max_len=8", *extra])
+    return compose([
+        "experiment=speed", "profile=smoke", f"paths.results={tmp_path}/res", f"paths.plots={tmp_path}/plots",
+        f"paths.runs={tmp_path}/runs", "progress=false", "device=cpu", "profile.speed.warmup=1",
+        "profile.speed.repeats=1", "profile.speed.min_repeats=1",
+        "profile.speed.train.settings_only=[fig2_lds]",
+        "profile.speed.train.models_only=[stu_plain,stu_fast,transformer_moe]",
+        "profile.speed.sweep.lengths=[16,32]", "profile.speed.sweep.only=[stu-kernel-freq,stu-filters,attention-sdpa,"
+        "attention-flash_attn,sliding_attention-softcap-math]",
+        "profile.speed.sweep.variants.sliding_attention-softcap-math.max_len=8",
+        "profile.speed.train.settings.fig2_lds.batch=4", "profile.speed.train.settings.fig2_lds.seq_len=32", *extra])
 
 
 def test_tiny_run_writes_documented_files(tmp_path):
@@ -32,7 +42,7 @@ def test_tiny_run_writes_documented_files(tmp_path):
     sections = {r["section"] for r in rows}
     assert sections == {"train", "mixer"}
     train = {r["label"]: r for r in rows if r["section"] == "train"}
-    assert set(train) == {"stu_plain", "stu_fast", "transformer"}
+    assert set(train) == {"stu_plain", "stu_fast", "transformer_moe"}
     assert all(r["status"] == "ok" and r["pass"] == "train_step" for r in train.values())
     assert "stu_form=filters" in train["stu_plain"]["backend"]
     assert "stu_kernel=freq" in train["stu_fast"]["backend"]
@@ -49,19 +59,40 @@ def test_tiny_run_writes_documented_files(tmp_path):
         for k in ("device", "device_name", "threads", "torch", "git_commit", "profile", "date"):
             assert r[k] != "", k
         assert r["status"] in ("ok", "oom", "error", "unavailable", "skipped")
+    assert float(train["transformer_moe"]["saved_mb"]) > 0
     rec = json.loads(pathlib.Path(out["json"]).read_text())
-    assert rec["columns"] == speed.COLUMNS and rec["settings"]["name"] == "smoke" and rec["versions"]["torch"]
+    assert rec["columns"] == speed.COLUMNS and rec["profile"] == "smoke" and rec["versions"]["torch"]
+    assert rec["train_optimizers"]["fig2_lds"]["name"] == "rmsprop"  # the LDS task's default, as the runs
+    assert rec["git_commit"] and rec["device_info"]["device"] == "cpu" and rec["wall_time_s"] > 0
+    res, plots = tmp_path / "res" / "speed" / "smoke", tmp_path / "plots" / "speed" / "smoke"
+    assert pathlib.Path(out["csv"]) == res / "speed.csv" and pathlib.Path(out["json"]) == res / "record.json"
+    assert pathlib.Path(out["png"]) == plots / "speed.png"
     md = pathlib.Path(out["md"]).read_text()
     assert "Train step: fig2_lds" in md and "plain (per-filter) path" in md and rec["git_commit"] in md
     assert out["png"] is not None and pathlib.Path(out["png"]).stat().st_size > 0
 
 
 def test_failure_is_a_row(tmp_path):
-    out = speed.run(_cfg(tmp_path, "speed.train.enabled=false", "speed.sweep.only=[broken]",
-                         "+speed.sweep.variants.broken={mixer: stu, overrides: {form: nonsense}}"))
+    out = speed.run(_cfg(tmp_path, "profile.speed.train.enabled=false", "profile.speed.sweep.only=[broken]",
+                         "+profile.speed.sweep.variants.broken={mixer: stu, overrides: {form: nonsense}}"))
     rows = list(csv.DictReader(open(out["csv"])))
     assert rows and rows[0]["status"] == "error" and "nonsense" in rows[0]["error"]
     assert all(r["status"] in ("error", "skipped") for r in rows)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("profile.speed.dtypes=[float8]", "valid:"),
+    ("profile.speed.repeats=0", "repeats must be >= 1"),
+    ("profile.speed.train.models_only=[nope]", "valid:"),
+    ("profile.speed.train.settings.fig2_lds.models.stu_fast.model=nope", "valid models:"),
+    ("profile.speed.train.settings.fig2_lds.task=nope", "valid tasks:"),
+    ("profile.speed.sweep.only=[nope]", "valid:"),
+    ("device=tpu", "valid devices:"),
+])
+def test_bad_values_fail_before_any_file(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        speed.run(_cfg(tmp_path, override))
+    assert not (tmp_path / "res").exists() and not (tmp_path / "plots").exists()
 
 
 def test_fit_slope_upper_half():

@@ -63,6 +63,12 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _short(key: str, flat: dict[str, Any]) -> str:
+    """``model.width`` -> ``width`` unless another field ends the same way."""
+    last = key.split(".")[-1]
+    return last if sum(1 for k in flat if k.split(".")[-1] == last) == 1 else key
+
+
 def setting_labels(records: list[dict]) -> dict[str, str]:
     """A readable label per setting: the model's name, plus every spec value that varies between
     the settings of that model (``STU (model.width=16)``), plus the mixers when they are not the
@@ -79,7 +85,13 @@ def setting_labels(records: list[dict]) -> dict[str, str]:
         same_model = [_flat({k: v for k, v in (o.get("spec") or {}).items() if k != "seed"})
                       for o in by_setting.values() if o["model"] == name]
         varying = sorted(k for k in flat if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in same_model}) > 1)
-        extra = [f"{k}={flat[k]}" for k in varying]
+        # name a field only where this setting differs from the value most settings share
+        extra = []
+        for k in varying:
+            values = [json.dumps(f.get(k), sort_keys=True, default=str) for f in same_model]
+            common = max(set(values), key=values.count)
+            if json.dumps(flat[k], sort_keys=True, default=str) != common or values.count(common) == 1:
+                extra.append(f"{_short(k, flat)}={flat[k]}")
         try:
             own = models.model_config(name).get("mixers")
         except ValueError:
@@ -257,7 +269,12 @@ def finish_plot(fig, ax, title: str, path: pathlib.Path, legend_cols: int = 1) -
 
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8 if legend_cols == 1 else 7, frameon=False, ncol=legend_cols)
+    handles, labels = ax.get_legend_handles_labels()
+    if len(labels) > 5 or max((len(x) for x in labels), default=0) > 30:  # outside the data
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        fig.set_size_inches(fig.get_size_inches()[0] + 2.6, fig.get_size_inches()[1])
+    else:
+        ax.legend(fontsize=8 if legend_cols == 1 else 7, frameon=False, ncol=legend_cols)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -46,7 +46,7 @@ def test_width_sweep_keeps_both_results_and_reruns_nothing(tmp_path):
     out = report("adhoc", "smoke", tmp_path / "runs", tmp_path / "results", tmp_path / "plots", quiet=True)
     summary = out["summary_df"]
     assert len(summary) == 2
-    assert sorted(summary["label"]) == ["STU-T (model.width=16)", "STU-T (model.width=32)"]
+    assert sorted(summary["label"]) == ["STU-T (width=16)", "STU-T (width=32)"]
 
 
 def test_equal_values_are_one_run_and_mixers_change_the_label(tmp_path):

@@ -30,7 +30,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from benchmarks.config import CONF_DIR, ConfigError, choice, compose, expand_sweep, identity, validate, without_hydra
+from benchmarks.config import CONF_DIR, REPO, ConfigError, choice, compose, expand_sweep, identity, validate, without_hydra
 
 KINDS = {"landscape": "benchmarks.landscape", "timing": "benchmarks.timing", "speed": "benchmarks.speed",
          "filters": "benchmarks.filters"}
@@ -44,6 +44,15 @@ def _split(overrides: list[str]) -> tuple[list[str], list[str]]:
     """(run overrides, Hydra's own: launcher and hydra.* settings)."""
     hyd = [o for o in overrides if o.lstrip("+~").startswith("hydra")]
     return [o for o in overrides if o not in hyd], hyd
+
+
+def numeric_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that change what a declared result holds: its numbers or its sweep (not the
+    experiment, profile, launcher, paths, threads, progress, ...)."""
+    harmless = {"experiment", "profile", "paths", "progress", "threads", "device", "force", "checkpoint_every",
+                "save_model", "logger"}
+    run_over, _ = _split(overrides)
+    return [o for o in run_over if o.split("=", 1)[0].lstrip("+~").split(".")[0].split("/")[0] not in harmless]
 
 
 def plan(overrides: list[str]) -> tuple[Any, list[dict[str, Any]]]:
@@ -139,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(e).__name__}: {e}\nnothing was run", file=sys.stderr)
         return 2
     name, profile = str(cfg.experiment_name), str(cfg.profile.name)
+    changed = numeric_overrides(argv)
+    if changed and pathlib.Path(str(cfg.paths.results)).resolve() == (REPO / "results").resolve():
+        print(f"error: {' '.join(changed)} change(s) the numbers, so the results would replace the committed "
+              f"results/{name}/{profile}/ of the declared experiment. Write them elsewhere with "
+              f"paths.results=<dir> paths.plots=<dir> (or FSB_RESULTS / FSB_PLOTS)\nnothing was run", file=sys.stderr)
+        return 2
     if cfg.kind != "train":
         if cfg.kind not in KINDS:
             print(f"error: unknown kind {cfg.kind!r} in conf/experiment/{name}.yaml; valid: train, "

@@ -63,6 +63,8 @@ def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = 
     model_name = model_name or choice("model", cfg)
     task_name = task_name or choice("task", cfg)
     overrides = _overrides() if overrides is None else overrides
+    if isinstance(cfg.get("threads"), int) and cfg.threads >= 1:
+        torch.set_num_threads(int(cfg.threads))  # before anything of the run computes (the dry run included)
     try:
         validate(cfg, task_name)
         ident = identity(cfg, model_name, task_name, overrides)

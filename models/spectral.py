@@ -39,7 +39,14 @@ def hankel_matrix(seq_len: int, variant: str = "hankel") -> torch.Tensor:
 def _filters_and_eigs(seq_len: int, k: int, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not 1 <= k <= seq_len:
         raise ValueError(f"need 1 <= k <= seq_len, got k={k}, seq_len={seq_len}")
-    sigma, phi = torch.linalg.eigh(hankel_matrix(seq_len, variant))  # ascending eigenvalues
+    # One thread, always: LAPACK's eigh rounds differently with another thread count, and these
+    # cached filters would then differ between a sweep's worker (1 thread) and a plain process.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sigma, phi = torch.linalg.eigh(hankel_matrix(seq_len, variant))  # ascending eigenvalues
+    finally:
+        torch.set_num_threads(threads)
     sigma, phi = sigma[-k:].flip(0), phi[:, -k:].flip(1)  # largest first
     # Fix each eigenvector's sign (eigh's is arbitrary) so filters are reproducible across
     # machines: make the entry of largest magnitude positive.

@@ -133,3 +133,23 @@ def test_hankel_L_variant_drops_minus_branch():
     stu = STU(4, 16, num_filters=3, filter_variant="hankel_L")
     assert stu.M_minus is None
     assert stu(torch.randn(1, 16, 4)).shape == (1, 16, 4)
+
+
+def test_filters_do_not_depend_on_the_thread_count():
+    """The cached filters are computed on one thread whatever the caller's thread count, so a run in
+    a sweep worker (1 thread) and in a plain process get the same filters (LAPACK's eigh rounds
+    differently with another thread count)."""
+    from models import spectral
+
+    old = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            spectral._filters_and_eigs.cache_clear()
+            out.append(spectral._filters_and_eigs(256, 16, "hankel"))
+            assert torch.get_num_threads() == n  # restored
+        assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    finally:
+        torch.set_num_threads(old)
+        spectral._filters_and_eigs.cache_clear()

@@ -15,12 +15,7 @@ UV_VERSION := 0.13.9
 LOCK_VENV := .cache/uv-venv
 # A working venv: its Python is $(PY_MINOR), the core packages import, the project is installed.
 VENV_CHECK := import sys, importlib.metadata as m; assert '%d.%d' % sys.version_info[:2] == '$(PY_MINOR)', sys.version; import torch, hydra, omegaconf, numpy; m.version('flash-stu-bench')
-PROFILE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo paper || echo smoke)
-ENV ?= ant
-RUNS ?= runs
-export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-all models clean-runs
 
 # The stamp alone is not trusted: every target that needs the venv runs the cheap check above
 # (~2 s). Healthy and newer than pyproject.toml and the lock: nothing to do. Healthy but older: pip
@@ -29,7 +24,7 @@ export PYTHONUNBUFFERED := 1
 # torch, pinned to the lock's version, comes from the first of: a wheel pip finds on this machine
 # (pip's find-links), the PyTorch CPU index (only without an NVIDIA GPU), whatever pip finds (PyPI).
 # The project is built with the lock's setuptools (no build isolation: no unpinned build backend).
-.PHONY: lock venv-check
+.PHONY: setup lock venv-check
 venv-check:
 
 $(STAMP): pyproject.toml $(LOCK) venv-check

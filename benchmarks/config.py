@@ -100,24 +100,27 @@ def settings(cfg: DictConfig, task_name: str) -> dict[str, Any]:
     opt.setdefault("schedule", "constant")
     opt.setdefault("warmup_frac", 0.0)
     points = OmegaConf.select(cfg, "profile.curve_points", default=40) or 40
-    _check_int("steps", steps)
-    _check_int("profile.curve_points", points)
+    require_int("steps", steps)
+    require_int("profile.curve_points", points)
     every = cfg.get("eval_every")
     every = every if every is not None else max(1, int(steps) // int(points))
     return {"steps": steps, "batch_size": bs, "optimizer": opt, "eval_every": every}
 
 
 # --------------------------------------------------------------------------------------- validation
-def _check_int(key: str, value, minimum: int = 1) -> None:
+def require_int(key: str, value, minimum: int = 1) -> int:
+    """``value`` if it is an integer >= ``minimum``, else :class:`ConfigError` naming ``key``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+    return value
 
 
-def _check_number(key: str, value, positive: bool = False, allow_none: bool = True) -> None:
+def require_number(key: str, value, positive: bool = False, allow_none: bool = True) -> float | None:
+    """``value`` as a float if it is a finite number (> 0 with ``positive``, else >= 0)."""
     if value is None and allow_none:
-        return
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key} must be a number, got {value!r} ({type(value).__name__})")
     if value != value or value in (float("inf"), float("-inf")):
@@ -126,6 +129,7 @@ def _check_number(key: str, value, positive: bool = False, allow_none: bool = Tr
         raise ConfigError(f"{key} must be > 0, got {value}")
     if not positive and value < 0:
         raise ConfigError(f"{key} must be >= 0, got {value}")
+    return float(value)
 
 
 def _int_fields(cls) -> dict[str, bool]:
@@ -142,7 +146,7 @@ def check_fields(prefix: str, cfg: dict[str, Any], cls) -> None:
     """Integer fields of a model, mixer or task config are integers >= 1 (>= 0 for seeds)."""
     for name, may_be_zero in _int_fields(cls).items():
         if name in cfg:
-            _check_int(f"{prefix}.{name}", cfg[name], 0 if may_be_zero else 1)
+            require_int(f"{prefix}.{name}", cfg[name], 0 if may_be_zero else 1)
 
 
 def validate(cfg: DictConfig, task_name: str, device: str | None = None, dry_run: bool = True) -> dict[str, Any]:
@@ -162,24 +166,24 @@ def validate(cfg: DictConfig, task_name: str, device: str | None = None, dry_run
         dev = resolve_device(device or str(cfg.device))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    _check_int("seed", container.get("seed"), 0)
+    require_int("seed", container.get("seed"), 0)
     for key in ("threads",):
         if container.get(key) is not None:
-            _check_int(key, container[key])
-    _check_int("checkpoint_every", container.get("checkpoint_every") or 0, 0)
-    _check_int("eval_size", container.get("eval_size"))
-    _check_number("diverge_loss", container.get("diverge_loss"), positive=True)
+            require_int(key, container[key])
+    require_int("checkpoint_every", container.get("checkpoint_every") or 0, 0)
+    require_int("eval_size", container.get("eval_size"))
+    require_number("diverge_loss", container.get("diverge_loss"), positive=True)
     s = settings(cfg, task_name)
-    _check_int("steps", s["steps"])
-    _check_int("batch_size", s["batch_size"])
-    _check_int("eval_every", s["eval_every"])
+    require_int("steps", s["steps"])
+    require_int("batch_size", s["batch_size"])
+    require_int("eval_every", s["eval_every"])
     opt = s["optimizer"]
     if str(opt.get("name", "")).lower() not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer.name {opt.get('name')!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
-    _check_number("optimizer.lr", opt.get("lr"), positive=True, allow_none=False)
-    _check_number("optimizer.weight_decay", opt.get("weight_decay"))
-    _check_number("optimizer.grad_clip", opt.get("grad_clip"), positive=True)
-    _check_number("optimizer.warmup_frac", opt.get("warmup_frac"))
+    require_number("optimizer.lr", opt.get("lr"), positive=True, allow_none=False)
+    require_number("optimizer.weight_decay", opt.get("weight_decay"))
+    require_number("optimizer.grad_clip", opt.get("grad_clip"), positive=True)
+    require_number("optimizer.warmup_frac", opt.get("warmup_frac"))
     if (opt.get("schedule") or "constant") not in SCHEDULES:
         raise ConfigError(f"unknown optimizer.schedule {opt.get('schedule')!r}; valid schedules: {', '.join(SCHEDULES)}")
 
@@ -207,6 +211,17 @@ def validate(cfg: DictConfig, task_name: str, device: str | None = None, dry_run
     if dry_run:
         _dry_run(cfg, container, tcls, tcfg, dev, dtype)
     return s
+
+
+def shapes_of(cfg: DictConfig) -> dict[str, Any]:
+    """The model shapes of ``cfg.task`` without loading data (:func:`task_shapes`), or ConfigError."""
+    try:
+        tcfg = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "_target_"}
+        return task_shapes(task_class(cfg.task), tcfg)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"the task config does not give model shapes: {e}") from None
 
 
 def task_shapes(tcls, tcfg: dict[str, Any]) -> dict[str, Any]:
@@ -280,3 +295,43 @@ def expand_sweep(sweep_params: dict[str, str] | None, overrides: list[str]) -> l
     from_file = [o for o in parser.parse_overrides(params) if o.get_key_element() not in cli_keys]
     batches = BasicSweeper.split_arguments(from_file + cli, None)
     return [list(job) for batch in batches for job in batch]
+
+
+def check_jobs(sweep_params: dict[str, Any] | None, overrides: list[str]) -> list[dict[str, Any]]:
+    """Every job of a sweep composed and checked (:func:`validate`), with its identity: a list of
+    ``{overrides, cfg (without hydra), model, task, spec, fingerprint, setting_fingerprint, dir,
+    settings}``. The first bad job raises :class:`ConfigError` naming its overrides."""
+    jobs = []
+    for job in expand_sweep({k: str(v) for k, v in (sweep_params or {}).items()}, overrides):
+        try:
+            jc = compose(job, return_hydra_config=True)
+            model, task = choice("model", jc), choice("task", jc)
+            validate(jc, task)
+            ident = identity(jc, model, task, job)
+        except (ConfigError, ValueError) as e:
+            raise ConfigError(f"job ({' '.join(job)}): {e}") from None
+        except Exception as e:  # noqa: BLE001  (composition errors: Hydra's message names the key)
+            raise ConfigError(f"job ({' '.join(job)}): {type(e).__name__}: {e}") from None
+        jobs.append({"overrides": job, "cfg": without_hydra(jc), "model": model, "task": task, **ident})
+    return jobs
+
+
+def sweep_params(cfg: DictConfig) -> dict[str, Any]:
+    """``hydra.sweeper.params`` of a config composed with ``return_hydra_config``, resolved."""
+    params = OmegaConf.select(cfg, "hydra.sweeper.params")
+    return OmegaConf.to_container(params, resolve=True) if params else {}
+
+
+def hydra_entry(run):
+    """A ``@hydra.main`` on ``conf/train.yaml`` that calls ``run(cfg)``; a ConfigError leaves as a
+    one-line error. The thin entry point of each ``benchmarks`` module that has a ``run(cfg)``."""
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+    def main(cfg: DictConfig) -> None:
+        try:
+            run(cfg)
+        except ConfigError as e:
+            raise SystemExit(f"error: {e}") from None
+
+    return main

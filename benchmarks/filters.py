@@ -25,13 +25,13 @@ import sys
 import time
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from benchmarks.config import CONF_DIR, ConfigError
+from benchmarks.config import ConfigError, hydra_entry
 from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions
-from benchmarks.timing import require_int, require_kind
+from benchmarks.config import require_int
+from benchmarks.timing import require_kind
 from models.spectral import VARIANTS, hankel_matrix, spectral_eigs, spectral_filters
 
 
@@ -107,12 +107,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+main = hydra_entry(run)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -48,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 from benchmarks import loop
-from benchmarks.config import CONF_DIR, ConfigError, task_class, task_shapes
+from benchmarks.config import ConfigError, hydra_entry, shapes_of
 from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions
 from benchmarks.report import LABELS
 from benchmarks.timing import (device_and_dtype, dry_run, optimizer_summary, require_int, require_kind, require_models,
@@ -248,7 +247,7 @@ def check(cfg: DictConfig) -> dict[str, Any]:
     require_kind(cfg, "landscape", "benchmarks.landscape")
     names = require_models("models", cfg.get("models"))
     grid = require_int("grid", cfg.get("grid"), 2)
-    span = require_number("span", cfg.get("span"))
+    span = require_number("span", cfg.get("span"), positive=True, allow_none=False)
     if not isinstance(cfg.get("hessian"), bool):
         raise ConfigError(f"hessian must be true or false, got {cfg.get('hessian')!r}")
     seed = require_int("seed", cfg.get("seed"), 0)
@@ -260,13 +259,7 @@ def check(cfg: DictConfig) -> dict[str, Any]:
         for k in ("surface", "hessian"):
             if not OmegaConf.select(cfg, f"{key}.{k}"):
                 raise ConfigError(f"{key}.{k} is not set (the experiment names its figures)")
-    try:
-        tcfg = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "_target_"}
-        shapes = task_shapes(task_class(cfg.task), tcfg)
-    except ConfigError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"the task config does not give model shapes: {e}") from None
+    shapes = shapes_of(cfg)
     for m in names:
         dry_run(m, shapes, overrides, device, dtype)
     return {"models": names, "grid": grid, "span": span, "hessian": bool(cfg.hessian), "seed": seed,
@@ -335,12 +328,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+main = hydra_entry(run)
 
 
 if __name__ == "__main__":

@@ -106,17 +106,3 @@ def device_info(device) -> dict[str, Any]:
 
 def short_hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def read_records(root: pathlib.Path) -> list[dict[str, Any]]:
-    """Every ``record.json`` under root (sorted by path); unreadable ones are reported, not fatal."""
-    out = []
-    for p in sorted(pathlib.Path(root).rglob("record.json")):
-        try:
-            rec = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            print(f"warning: skipping unreadable record {p}: {e}", file=sys.stderr)
-            continue
-        rec["_dir"] = str(p.parent)
-        out.append(rec)
-    return out

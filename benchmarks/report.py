@@ -26,7 +26,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from benchmarks.records import REPO, atomic_write_text, read_records
+from benchmarks.records import REPO, atomic_write_text
+from benchmarks.runs import read_records
 
 MODEL_ORDER = ["robotics_stu", "robotics_stu_t", "robotics_transformer", "robotics_mamba2",
                "stu", "stu_t", "s4d", "mamba2", "transformer", "transformer_moe", "mamba2_moe", "flash_stu",
@@ -43,11 +44,11 @@ COLORS = {"stu": "tab:blue", "stu_t": "tab:orange", "s4d": "tab:green", "mamba2"
 
 def experiment_report_config(name: str) -> dict[str, Any]:
     """The ``report:`` block of ``conf/experiment/<name>.yaml`` ({} when there is none)."""
-    path = REPO / "conf" / "experiment" / f"{name}.yaml"
-    if not path.exists():
+    if not (REPO / "conf" / "experiment" / f"{name}.yaml").exists():
         return {}
-    cfg = OmegaConf.load(path)
-    return OmegaConf.to_container(cfg.get("report", {}), resolve=False) or {}
+    from benchmarks.config import compose  # composed, so defaults such as _ablation.yaml are merged
+
+    return OmegaConf.to_container(compose([f"experiment={name}"]).report, resolve=True) or {}
 
 
 def _order(models) -> list[str]:
@@ -375,10 +376,7 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
     def _main(cfg) -> None:
-        name = str(cfg.experiment_name)
-        if name == "adhoc" and not (REPO / "conf" / "experiment" / "adhoc.yaml").exists():
-            pass
-        report(name, str(cfg.profile.name), cfg.paths.runs, cfg.paths.results, cfg.paths.plots,
+        report(str(cfg.experiment_name), str(cfg.profile.name), cfg.paths.runs, cfg.paths.results, cfg.paths.plots,
                rep=OmegaConf.to_container(cfg.report, resolve=True) or None)
 
     _main()

@@ -30,7 +30,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from benchmarks.config import CONF_DIR, REPO, ConfigError, choice, compose, expand_sweep, identity, validate, without_hydra
+from benchmarks.config import CONF_DIR, REPO, ConfigError, check_jobs, compose, sweep_params, without_hydra
 
 KINDS = {"landscape": "benchmarks.landscape", "timing": "benchmarks.timing", "speed": "benchmarks.speed",
          "filters": "benchmarks.filters"}
@@ -67,17 +67,7 @@ def plan(overrides: list[str]) -> tuple[Any, list[dict[str, Any]]]:
     cfg = compose(run_over, return_hydra_config=True)
     if cfg.kind != "train":
         return cfg, []
-    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True) if cfg.hydra.sweeper.get("params") else {}
-    jobs = []
-    for job in expand_sweep({k: str(v) for k, v in params.items()}, run_over):
-        jc = compose(job, return_hydra_config=True)
-        model, task = choice("model", jc), choice("task", jc)
-        try:
-            validate(jc, task)
-            ident = identity(jc, model, task, job)
-        except (ConfigError, ValueError) as e:
-            raise ConfigError(f"job ({' '.join(job)}): {e}") from None
-        jobs.append({"overrides": job, "cfg": without_hydra(jc), "model": model, "task": task, **ident})
+    jobs = check_jobs(sweep_params(cfg), run_over)
     return cfg, jobs
 
 
@@ -108,13 +98,12 @@ def evaluate(cfg, jobs: list[dict[str, Any]]) -> None:
 
     from benchmarks import evaluation
     from benchmarks.loop import resolve_device
-    from benchmarks.runs import read_records
+    from benchmarks.runs import sweep_records
 
     ev = OmegaConf.to_container(cfg.profile.robotics_eval, resolve=True)
     n_pred, max_traj = int(ev["predictions"]), ev.get("max_trajectories")
-    fps = {j["fingerprint"] for j in jobs}
     root = pathlib.Path(cfg.paths.runs) / str(cfg.profile.name) / str(cfg.experiment_name)
-    records = [r for r in read_records(root) if r.get("config_fingerprint") in fps and r.get("status") == "ok"]
+    records = [r for r in sweep_records(jobs) if r.get("status") == "ok"]
     dev = resolve_device(cfg.device)
     threads = int(cfg.threads) if cfg.threads else (1 if dev.type == "cpu" else None)
     n_jobs = 1 if dev.type != "cpu" else max(1, min(2, os.cpu_count() or 1))

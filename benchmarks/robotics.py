@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks.records import REPO, atomic_write_text, read_records
+from benchmarks.records import REPO, atomic_write_text
+from benchmarks.runs import sweep_records
 
 PAPER_FILE = REPO / "benchmarks" / "paper_tables.yaml"
 PAPER_NAMES = {"robotics_stu": "STU", "robotics_stu_t": "STU-T", "robotics_transformer": "Transformer",
@@ -184,8 +185,7 @@ def report_table(cfg, jobs: list[dict[str, Any]]) -> pathlib.Path:
     rep = OmegaConf.to_container(cfg.report, resolve=True)
     name, profile = str(cfg.experiment_name), str(cfg.profile.name)
     runs_root = pathlib.Path(cfg.paths.runs)
-    fps = {j["fingerprint"] for j in jobs}
-    records = [r for r in read_records(runs_root / profile / name) if r.get("config_fingerprint") in fps]
+    records = sweep_records(jobs)
     if not records:
         raise SystemExit(f"no run records of this sweep under {runs_root / profile / name}")
     results = pathlib.Path(cfg.paths.results) / name / profile

@@ -76,7 +76,7 @@ def run_spec(resolved: dict[str, Any]) -> dict[str, Any]:
 def setting_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The spec without the seed: the runs of one setting differ only in it. The seed's own
     interpolations (e.g. the LDS ``system_seed: ${seed}``) are resolved by the caller with the seed
-    replaced, see :func:`benchmarks.config.setting_fingerprint`."""
+    replaced (:func:`benchmarks.config.identity`)."""
     return {k: v for k, v in spec.items() if k != "seed"}
 
 
@@ -237,3 +237,22 @@ def iter_records(root: str | os.PathLike) -> Iterator[dict[str, Any]]:
 
 def read_records(root: str | os.PathLike) -> list[dict[str, Any]]:
     return list(iter_records(root))
+
+
+def sweep_records(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of a checked sweep's jobs (:func:`benchmarks.config.check_jobs`), read from their
+    own folders (one per distinct fingerprint); jobs without a readable record are left out."""
+    out, seen = [], set()
+    for j in jobs:
+        path = pathlib.Path(j["dir"]) / "record.json"
+        if j["fingerprint"] in seen or not path.exists():
+            continue
+        seen.add(j["fingerprint"])
+        try:
+            rec = load_record(path)
+        except CorruptRecord as e:
+            print(f"warning: skipping {e}", file=sys.stderr)
+            continue
+        rec["_dir"] = str(path.parent)
+        out.append(rec)
+    return out

@@ -46,7 +46,6 @@ import time
 import traceback
 from typing import Any, Callable
 
-import hydra
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
@@ -54,7 +53,7 @@ from omegaconf import DictConfig, OmegaConf
 import models
 import models.spectral as spectral
 from benchmarks import loop, timing
-from benchmarks.config import CONF_DIR, ConfigError, task_class
+from benchmarks.config import CONF_DIR, ConfigError, hydra_entry, task_class
 from benchmarks.records import atomic_write_csv, atomic_write_json, atomic_write_text, device_info, git_commit, package_versions
 from benchmarks.timing import peak_memory_mb, require_int, require_kind, require_number, saved_tensor_mb, time_fn
 from models.attention import Attention
@@ -575,10 +574,10 @@ def check(cfg: DictConfig) -> dict[str, Any]:
     require_int("profile.speed.warmup", prof.get("warmup"), 0)
     require_int("profile.speed.repeats", prof.get("repeats"))
     require_int("profile.speed.min_repeats", prof.get("min_repeats"))
-    require_number("profile.speed.max_seconds_per_cell", prof.get("max_seconds_per_cell"))
+    require_number("profile.speed.max_seconds_per_cell", prof.get("max_seconds_per_cell"), positive=True, allow_none=False)
     require_int("profile.speed.exact_filters_max_len", prof.get("exact_filters_max_len"))
-    require_number("profile.speed.time_budget_s", prof.get("time_budget_s"), allow_none=True)
-    require_number("profile.speed.copy_bandwidth_mb", prof.get("copy_bandwidth_mb"))
+    require_number("profile.speed.time_budget_s", prof.get("time_budget_s"), positive=True)
+    require_number("profile.speed.copy_bandwidth_mb", prof.get("copy_bandwidth_mb"), positive=True, allow_none=False)
     tr = prof.get("train") or {}
     settings = tr.get("settings") or {}
     _names("profile.speed.train.settings_only", tr.get("settings_only"), list(settings))
@@ -760,12 +759,7 @@ def _loadavg():
         return None
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+main = hydra_entry(run)
 
 
 if __name__ == "__main__":

@@ -38,14 +38,14 @@ import sys
 import time
 from typing import Any, Callable
 
-import hydra
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 import models
 from benchmarks import loop
-from benchmarks.config import CONF_DIR, ConfigError, choice, settings, task_class, task_shapes
+from benchmarks.config import (CONF_DIR, ConfigError, choice, hydra_entry, require_int, require_number, settings,
+                               shapes_of)
 from benchmarks.records import REPO, atomic_write_json, atomic_write_text, device_info, git_commit, package_versions
 from tasks.base import RandomTask
 
@@ -74,26 +74,6 @@ def require_kind(cfg: DictConfig, kind: str, module: str) -> None:
         raise ConfigError(f"{module} runs experiments of kind {kind!r}; this config is experiment_name="
                           f"{cfg.get('experiment_name')!r} of kind {got!r}. Valid: "
                           + ", ".join(f"experiment={e}" for e in valid))
-
-
-def require_int(key: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
-    return value
-
-
-def require_number(key: str, value: Any, positive: bool = True, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key} must be a number, got {value!r} ({type(value).__name__})")
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(f"{key} must be finite, got {value}")
-    if (positive and value <= 0) or value < 0:
-        raise ConfigError(f"{key} must be {'> 0' if positive else '>= 0'}, got {value}")
-    return float(value)
 
 
 def require_models(key: str, names: Any) -> list[str]:
@@ -136,9 +116,9 @@ def device_and_dtype(cfg: DictConfig) -> tuple[torch.device, torch.dtype]:
 def require_optimizer(spec: dict[str, Any]) -> dict[str, Any]:
     if str(spec.get("name", "")).lower() not in loop.OPTIMIZERS:
         raise ConfigError(f"unknown optimizer.name {spec.get('name')!r}; valid optimizers: {', '.join(loop.OPTIMIZERS)}")
-    require_number("optimizer.lr", spec.get("lr"))
+    require_number("optimizer.lr", spec.get("lr"), positive=True, allow_none=False)
     require_number("optimizer.weight_decay", spec.get("weight_decay"), positive=False, allow_none=True)
-    require_number("optimizer.grad_clip", spec.get("grad_clip"), allow_none=True)
+    require_number("optimizer.grad_clip", spec.get("grad_clip"), positive=True)
     if (spec.get("schedule") or "constant") not in loop.SCHEDULES:
         raise ConfigError(f"unknown optimizer.schedule {spec.get('schedule')!r}; valid schedules: "
                           f"{', '.join(loop.SCHEDULES)}")
@@ -325,13 +305,7 @@ def check(cfg: DictConfig) -> dict[str, Any]:
     repeats = require_int("timing.repeats", OmegaConf.select(cfg, "timing.repeats"), 1)
     require_int("seed", cfg.get("seed"), 0)
     task_name, s = run_settings(cfg)
-    try:
-        tcfg = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "_target_"}
-        shapes = task_shapes(task_class(cfg.task), tcfg)
-    except ConfigError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"the task config does not give model shapes: {e}") from None
+    shapes = shapes_of(cfg)
     for k in ("seq_len", "d_in", "d_out"):
         if k in shapes:
             require_int(f"task shape {k}", shapes[k])
@@ -505,12 +479,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+main = hydra_entry(run)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 from benchmarks import runs
-from benchmarks.config import CONF_DIR, ConfigError, choice, compose, expand_sweep, identity, validate
+from benchmarks.config import CONF_DIR, ConfigError, check_jobs, choice, identity, sweep_params, validate
 from benchmarks.loop import Schedule, evaluate, make_optimizer, resolve_device, resolve_dtype, to_device, train_step
 from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions
 
@@ -254,25 +254,17 @@ class CheckSweep(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra turns a callback's exceptions into warnings: every failure here leaves as SystemExit
         try:
-            params = OmegaConf.to_container(config.hydra.sweeper.params, resolve=True) if config.hydra.sweeper.get("params") else {}
-            jobs = expand_sweep({k: str(v) for k, v in params.items()}, list(config.hydra.overrides.task))
+            jobs = check_jobs(sweep_params(config), list(config.hydra.overrides.task))
+        except ConfigError as e:
+            raise SystemExit(f"error in the sweep: {e}\nnothing was run") from None
         except Exception as e:  # noqa: BLE001
             raise SystemExit(f"error: the sweep cannot be expanded: {type(e).__name__}: {e}\nnothing was run") from None
         seen: dict[str, str] = {}
-        for i, job in enumerate(jobs):
-            try:
-                cfg = compose(job, return_hydra_config=True)
-                task_name = choice("task", cfg)
-                validate(cfg, task_name)
-                ident = identity(cfg, choice("model", cfg), task_name, job)
-            except ConfigError as e:
-                raise SystemExit(f"error in job {i} of the sweep ({' '.join(job)}): {e}\nnothing was run") from None
-            except Exception as e:  # noqa: BLE001  (composition errors: Hydra's message names the key)
-                raise SystemExit(f"error in job {i} of the sweep ({' '.join(job)}): {e}\nnothing was run") from None
-            if ident["fingerprint"] in seen:
-                _log(f"[same run] job {i} ({' '.join(job)}) computes the same numbers as ({seen[ident['fingerprint']]}): "
-                     "it will find that run's record and skip")
-            seen.setdefault(ident["fingerprint"], " ".join(job))
+        for i, j in enumerate(jobs):
+            if j["fingerprint"] in seen:
+                _log(f"[same run] job {i} ({' '.join(j['overrides'])}) computes the same numbers as "
+                     f"({seen[j['fingerprint']]}): it will find that run's record and skip")
+            seen.setdefault(j["fingerprint"], " ".join(j["overrides"]))
         _log(f"[sweep] {len(jobs)} job(s) checked, {len(seen)} distinct run(s)")
 
 

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import paths_overrides
 import torch
 from hydra.utils import instantiate
 
@@ -24,19 +25,9 @@ TINY_ANT = {"n_traj": 6, "steps": 40, "shard_size": 3, "n_envs": 2, "seed": 0, "
             "agent_seed": 0, "eval_episodes": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread in these tests (tiny sizes; two threads on a shared 2-core machine can wait on
-    each other for seconds); the count is restored for the tests that follow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _paths(tmp_path) -> list[str]:
-    return [f"paths.results={tmp_path}/res", f"paths.plots={tmp_path}/plots", f"paths.runs={tmp_path}/runs",
-            f"paths.data={tmp_path}/data", "progress=false", "device=cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +50,13 @@ def tiny_ant_data(tmp_path_factory):
 
 
 def _fig24(tmp_path, data, *extra):
-    return compose(["experiment=fig24_landscape", *_paths(tmp_path), f"paths.data={data}", "profile.mujoco_context=16",
+    return compose(["experiment=fig24_landscape", *paths_overrides(tmp_path), f"paths.data={data}", "profile.mujoco_context=16",
                     "task.val_fraction=0.34", "task.progress=false", *extra])
 
 
 # ------------------------------------------------------------------------------------ end to end
 def test_fig3_experiment_end_to_end(tmp_path):
-    cfg = compose(["experiment=fig3_landscape", *_paths(tmp_path), "models=[stu,transformer_moe]", "grid=2",
+    cfg = compose(["experiment=fig3_landscape", *paths_overrides(tmp_path), "models=[stu,transformer_moe]", "grid=2",
                    "steps=2", "batch_size=2", "task.seq_len=32"])
     assert cfg.kind == "landscape" and cfg.model_overrides.width == 32 and cfg.model_overrides.depth == 1
     rec = L.run(cfg)
@@ -205,7 +196,7 @@ def test_directions_are_filter_normalised():
     ("+model_overrides.nonsense=1", "nonsense"),
 ])
 def test_bad_values_fail_before_any_file(tmp_path, override, message):
-    cfg = compose(["experiment=fig3_landscape", *_paths(tmp_path), override])
+    cfg = compose(["experiment=fig3_landscape", *paths_overrides(tmp_path), override])
     with pytest.raises(ConfigError, match=message):
         L.run(cfg)
     assert not any(tmp_path.iterdir())
@@ -213,7 +204,7 @@ def test_bad_values_fail_before_any_file(tmp_path, override, message):
 
 def test_not_a_landscape_experiment_names_the_valid_ones(tmp_path):
     with pytest.raises(ConfigError, match="experiment=fig24_landscape"):
-        L.run(compose(_paths(tmp_path)))
+        L.run(compose(paths_overrides(tmp_path)))
 
 
 # ------------------------------------------------------------- Figure 12 (kind: filters, no training)
@@ -224,7 +215,7 @@ def test_fig12_filters_experiment_end_to_end(tmp_path):
     from benchmarks import filters
     from models.spectral import spectral_filters
 
-    cfg = compose(["experiment=fig12_filters", *_paths(tmp_path), "filters.seq_len=64", "filters.k=7"])
+    cfg = compose(["experiment=fig12_filters", *paths_overrides(tmp_path), "filters.seq_len=64", "filters.k=7"])
     assert cfg.kind == "filters" and cfg.filters.variant == "hankel"
     rec = filters.run(cfg)
     assert rec["eigen_residual_max"] < 1e-12 and rec["orthonormality_error_max"] < 1e-12
@@ -238,7 +229,7 @@ def test_fig12_filters_experiment_end_to_end(tmp_path):
     assert (tmp_path / "plots" / "fig12_filters" / "smoke" / "fig12_spectral_filters.png").stat().st_size > 10_000
     bad = tmp_path / "bad"
     with pytest.raises(ConfigError, match="hankel_L"):
-        filters.run(compose(["experiment=fig12_filters", *_paths(bad), "filters.variant=hankle"]))
+        filters.run(compose(["experiment=fig12_filters", *paths_overrides(bad), "filters.variant=hankle"]))
     with pytest.raises(ConfigError, match="filters.k must be <= filters.seq_len"):
-        filters.run(compose(["experiment=fig12_filters", *_paths(bad), "filters.seq_len=8"]))
+        filters.run(compose(["experiment=fig12_filters", *paths_overrides(bad), "filters.seq_len=8"]))
     assert not bad.exists()

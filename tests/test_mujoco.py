@@ -26,7 +26,7 @@ for _mod in ("mujoco", "gymnasium", "seals", "stable_baselines3"):
 from tasks.mujoco import agents as agents_mod  # noqa: E402
 from tasks.mujoco.agents import Agent, hub_reachable, load_sb3_agent, resolve_agent  # noqa: E402
 from tasks.mujoco.dataset import (  # noqa: E402
-    DatasetError, load_dataset, make_dataset, norm_stats, read_manifest, split_indices,
+    DatasetError, load_dataset, make_dataset, norm_stats, split_indices,
 )
 from tasks.mujoco.envs import ROBOTS, dataset_dir, make_env, robot  # noqa: E402
 from tasks.mujoco.rollout import rollout  # noqa: E402

@@ -10,14 +10,7 @@ from benchmarks import speed
 from benchmarks.config import ConfigError, compose
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread in these tests (tiny sizes; two threads on a shared 2-core machine can wait on
-    each other for seconds); the count is restored for the tests that follow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(tmp_path, *extra):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import paths_overrides
 import torch
 
 import models
@@ -17,23 +18,13 @@ from tasks.mujoco.task import MujocoTask
 TABLE1 = ["robotics_stu", "robotics_stu_t", "robotics_transformer", "robotics_mamba2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread in these tests (tiny sizes; two threads on a shared 2-core machine can wait on
-    each other for seconds); the count is restored for the tests that follow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _paths(tmp_path) -> list[str]:
-    return [f"paths.results={tmp_path}/res", f"paths.plots={tmp_path}/plots", f"paths.runs={tmp_path}/runs",
-            f"paths.data={tmp_path}/data", "progress=false", "device=cpu"]
 
 
 def _table1(tmp_path, *extra):
-    return compose(["experiment=table1_timing", *_paths(tmp_path), "profile.mujoco_context=16",
+    return compose(["experiment=table1_timing", *paths_overrides(tmp_path), "profile.mujoco_context=16",
                     "profile.batch_size.mujoco_ant=2", "timing.warmup=1", "timing.repeats=1", *extra])
 
 
@@ -111,12 +102,12 @@ def test_every_trained_or_timed_path_calls_loop_train_step(tmp_path, monkeypatch
     monkeypatch.setattr(loop, "train_step", counting)
 
     who["now"] = "landscape"
-    landscape.run(compose(["experiment=fig3_landscape", *_paths(tmp_path), "models=[stu]", "grid=2", "steps=3",
+    landscape.run(compose(["experiment=fig3_landscape", *paths_overrides(tmp_path), "models=[stu]", "grid=2", "steps=3",
                            "batch_size=2", "hessian=false", "task.seq_len=16"]))
     who["now"] = "table1"
     timing.run(_table1(tmp_path, "models=[robotics_transformer]", "timing.repeats=2"))
     who["now"] = "speed"
-    speed.run(compose(["experiment=speed", *_paths(tmp_path), "profile.speed.warmup=1", "profile.speed.repeats=2",
+    speed.run(compose(["experiment=speed", *paths_overrides(tmp_path), "profile.speed.warmup=1", "profile.speed.repeats=2",
                        "profile.speed.min_repeats=1", "profile.speed.train.settings_only=[fig2_lds]",
                        "profile.speed.train.models_only=[stu_fast]", "profile.speed.sweep.enabled=false",
                        "profile.speed.train.settings.fig2_lds.batch=2", "profile.speed.train.settings.fig2_lds.seq_len=16"]))
@@ -140,4 +131,4 @@ def test_table1_bad_values_fail_before_any_file(tmp_path, override, message):
 
 def test_not_a_timing_experiment_names_the_valid_one(tmp_path):
     with pytest.raises(ConfigError, match="experiment=table1_timing"):
-        timing.run(compose(["experiment=fig3_landscape", *_paths(tmp_path)]))
+        timing.run(compose(["experiment=fig3_landscape", *paths_overrides(tmp_path)]))

@@ -32,11 +32,11 @@ from benchmarks.runs import read_records
 MODEL_ORDER = ["robotics_stu", "robotics_stu_t", "robotics_transformer", "robotics_mamba2",
                "stu", "stu_t", "s4d", "mamba2", "transformer", "transformer_moe", "mamba2_moe", "flash_stu",
                "mamba2_hybrid"]
-LABELS = {"stu": "STU", "stu_t": "STU-T", "s4d": "S4D", "mamba2": "Mamba-2", "transformer": "Attention",
+LABELS = {"stu": "STU", "stu_t": "STU-T", "stu_t_tied": "STU-T (tied)", "s4d": "S4D", "mamba2": "Mamba-2", "transformer": "Attention",
           "transformer_moe": "Transformer (MoE)", "mamba2_moe": "Mamba-2 (MoE)", "flash_stu": "Flash STU",
           "mamba2_hybrid": "Mamba-2 hybrid", "robotics_stu": "STU", "robotics_stu_t": "STU-T",
           "robotics_transformer": "Transformer", "robotics_mamba2": "Mamba-2"}
-COLORS = {"stu": "tab:blue", "stu_t": "tab:orange", "s4d": "tab:green", "mamba2": "tab:red",
+COLORS = {"stu": "tab:blue", "stu_t": "tab:orange", "stu_t_tied": "#e8a33d", "s4d": "tab:green", "mamba2": "tab:red",
           "transformer": "tab:purple", "transformer_moe": "tab:brown", "mamba2_moe": "tab:pink",
           "flash_stu": "tab:cyan", "mamba2_hybrid": "tab:olive", "robotics_stu": "tab:blue",
           "robotics_stu_t": "tab:orange", "robotics_transformer": "tab:purple", "robotics_mamba2": "tab:red"}

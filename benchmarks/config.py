@@ -171,6 +171,12 @@ def validate(cfg: DictConfig, task_name: str, device: str | None = None, dry_run
         if container.get(key) is not None:
             require_int(key, container[key])
     require_int("checkpoint_every", container.get("checkpoint_every") or 0, 0)
+    require_int("trial_batch", container.get("trial_batch", 1))
+    if container.get("trials") is not None:
+        require_int("trials", container["trials"])
+    from benchmarks.trials import batch_trials_setting
+
+    batch_trials_setting(container.get("batch_trials", "auto"))
     require_int("eval_size", container.get("eval_size"))
     require_number("diverge_loss", container.get("diverge_loss"), positive=True)
     s = settings(cfg, task_name)
@@ -301,18 +307,25 @@ def check_jobs(sweep_params: dict[str, Any] | None, overrides: list[str]) -> lis
     """Every job of a sweep composed and checked (:func:`validate`), with its identity: a list of
     ``{overrides, cfg (without hydra), model, task, spec, fingerprint, setting_fingerprint, dir,
     settings}``. The first bad job raises :class:`ConfigError` naming its overrides."""
+    from benchmarks.trials import seed_overrides, trial_seeds, with_seed
+
     jobs = []
     for job in expand_sweep({k: str(v) for k, v in (sweep_params or {}).items()}, overrides):
         try:
             jc = compose(job, return_hydra_config=True)
             model, task = choice("model", jc), choice("task", jc)
             validate(jc, task)
-            ident = identity(jc, model, task, job)
+            plain = without_hydra(jc)
+            seeds = trial_seeds(plain)
+            for seed in seeds:  # a job with trial_batch > 1 is one job per trial here
+                ov = seed_overrides(job, seed) if len(seeds) > 1 else job
+                c = plain if seed == int(plain.seed) else with_seed(plain, seed)
+                ident = identity(c, model, task, ov)
+                jobs.append({"overrides": ov, "cfg": c, "model": model, "task": task, **ident})
         except (ConfigError, ValueError) as e:
             raise ConfigError(f"job ({' '.join(job)}): {e}") from None
         except Exception as e:  # noqa: BLE001  (composition errors: Hydra's message names the key)
             raise ConfigError(f"job ({' '.join(job)}): {type(e).__name__}: {e}") from None
-        jobs.append({"overrides": job, "cfg": without_hydra(jc), "model": model, "task": task, **ident})
     return jobs
 
 

@@ -49,15 +49,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 # ------------------------------------------------------------------------------------- optimizer
-def make_optimizer(model: torch.nn.Module, spec: dict[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, spec: dict[str, Any], substitute=None) -> torch.optim.Optimizer:
     """The optimizer ``spec['name']`` over :func:`models.param_groups` (special groups such as S4D's
-    SSM parameters keep their own lr; 1-D weights get no weight decay)."""
+    SSM parameters keep their own lr; 1-D weights get no weight decay). ``substitute(p)``, when
+    given, replaces each parameter in the groups (batched trials: its stacked tensor)."""
     name = str(spec["name"]).lower()
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
     lr = float(spec["lr"])
     wd = float(spec.get("weight_decay") or 0.0)
     groups = models.param_groups(model, lr=lr, weight_decay=wd)
+    if substitute is not None:
+        groups = [{**g, "params": [substitute(p) for p in g["params"]]} for g in groups]
     betas = tuple(spec["betas"]) if spec.get("betas") else None
     if name in ("adam", "adamw"):
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW

@@ -38,7 +38,8 @@ import yaml
 FINGERPRINT_CHARS = 10
 # Command-line keys that never change a run's numbers (kept out of labels and of the spec).
 NOT_NUMERIC = {"model", "task", "seed", "profile", "experiment", "paths", "progress", "force", "device",
-               "threads", "checkpoint_every", "save_model", "logger", "hydra", "launcher"}
+               "threads", "checkpoint_every", "save_model", "logger", "hydra", "launcher",
+               "trials", "trial_batch", "batch_trials"}
 # Task fields that say where data live or how chatty they are, not what they are.
 TASK_NOT_NUMERIC = {"progress", "data_dir"}
 

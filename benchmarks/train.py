@@ -22,6 +22,7 @@ above ``diverge_loss``, or non-finite final metrics end the run as ``diverged``;
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import pathlib
 import sys
@@ -35,7 +36,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import models
-from benchmarks import runs
+from benchmarks import runs, trials
 from benchmarks.config import CONF_DIR, ConfigError, check_jobs, choice, identity, sweep_params, validate
 from benchmarks.loop import Schedule, evaluate, make_optimizer, resolve_device, resolve_dtype, to_device, train_step
 from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions
@@ -58,8 +59,9 @@ def _log(msg: str) -> None:
 
 def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = None,
         overrides: list[str] | None = None) -> float:
-    """Train one run, or skip it if it is finished (or being trained by another process); return
-    its primary metric (NaN when diverged or skipped as busy)."""
+    """Train one run (``trial_batch=N``: the N seeds from ``seed``, see :mod:`benchmarks.trials`),
+    skipping finished ones and those another process is training; return the mean primary metric
+    of the trials (NaN when none has a finite one)."""
     model_name = model_name or choice("model", cfg)
     task_name = task_name or choice("task", cfg)
     overrides = _overrides() if overrides is None else overrides
@@ -67,20 +69,61 @@ def run(cfg: DictConfig, model_name: str | None = None, task_name: str | None = 
         torch.set_num_threads(int(cfg.threads))  # before anything of the run computes (the dry run included)
     try:
         validate(cfg, task_name)
-        ident = identity(cfg, model_name, task_name, overrides)
+        seeds = trials.trial_seeds(cfg)
+        members = []
+        for seed in seeds:
+            c = cfg if seed == int(cfg.seed) else trials.with_seed(cfg, seed)
+            ov = trials.seed_overrides(overrides, seed) if len(seeds) > 1 else overrides
+            members.append(Member(c, identity(c, model_name, task_name, ov), ov))
     except (ConfigError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    out: pathlib.Path = ident["dir"]
-    try:
-        with runs.Claim(out):
+    if len(seeds) > 1:
+        _log(f"[trials] {model_name}/{task_name}: seeds {seeds[0]}-{seeds[-1]} in one run (trial_batch={cfg.trial_batch})")
+    values: list[float] = []
+    with contextlib.ExitStack() as claims:
+        todo: list[Member] = []
+        for m in members:
+            out = m.ident["dir"]
+            try:
+                claims.enter_context(runs.Claim(out))
+            except runs.Busy as e:
+                _log(f"[busy] {e}; skipping it here")
+                continue
             runs.clean_temporaries(out)
-            done = _finished(out, ident, cfg)
+            done = _finished(out, m.ident, m.cfg)
             if done is not None:
-                return done
-            return _train(cfg, model_name, task_name, ident, overrides)
-    except runs.Busy as e:
-        _log(f"[busy] {e}; skipping it here")
-        return float("nan")
+                values.append(done)
+            else:
+                todo.append(m)
+        values += _train_members(cfg, model_name, task_name, todo, seeds)
+    finite = [v for v in values if math.isfinite(v)]
+    return float(sum(finite) / len(finite)) if finite else float("nan")
+
+
+class Member:
+    """One trial of a run: its config (seed set), identity and overrides."""
+
+    def __init__(self, cfg: DictConfig, ident: dict[str, Any], overrides: list[str]):
+        self.cfg, self.ident, self.overrides = cfg, ident, overrides
+        self.seed = int(cfg.seed)
+
+
+def _train_members(cfg: DictConfig, model_name: str, task_name: str, todo: list[Member], seeds: list[int]) -> list[float]:
+    """Train the unfinished trials: batched when asked for and possible, else one by one."""
+    if not todo:
+        return []
+    device = resolve_device(cfg.device)
+    reason = ""
+    if len(todo) > 1 and trials.wants_batching(cfg, device):
+        got = _train_batched(cfg, model_name, task_name, todo, seeds)
+        if isinstance(got, list):
+            return got
+        reason = got
+        _log(f"[trials] {model_name}: trained one by one ({reason})")
+    elif len(todo) > 1:
+        reason = f"batch_trials={trials.batch_trials_setting(cfg.get('batch_trials', 'auto'))} on {device.type}"
+    info = trials.describe("one-by-one", seeds, reason)
+    return [_train(m.cfg, model_name, task_name, m.ident, m.overrides, info) for m in todo]
 
 
 def _finished(out: pathlib.Path, ident: dict[str, Any], cfg: DictConfig) -> float | None:
@@ -110,7 +153,50 @@ def _finished(out: pathlib.Path, ident: dict[str, Any], cfg: DictConfig) -> floa
     return None
 
 
-def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, Any], overrides: list[str]) -> float:
+def _build(cfg: DictConfig, model_name: str, device, dtype):
+    """The trial's task and its freshly initialised model (``torch.manual_seed(seed)`` first)."""
+    task = instantiate(cfg.task, _convert_="all")  # may make data: its RNG use never reaches ours
+    torch.manual_seed(int(cfg.seed))
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model = models._instantiate(model_cfg, f"model {model_name!r}", **task.model_shapes()).to(device=device, dtype=dtype)
+    return task, model, model_cfg
+
+
+def _load_checkpoint(out: pathlib.Path, fp: str, device) -> dict[str, Any] | None:
+    """The run's checkpoint if it is readable and of this config; else None (bad ones set aside)."""
+    ckpt_path = out / "checkpoint.pt"
+    if not ckpt_path.exists():
+        return None
+    try:
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        kept = runs.set_aside(ckpt_path, "corrupt")
+        _log(f"[corrupt] {ckpt_path} ({type(e).__name__}: {e}); kept as {kept.name}, starting over")
+        return None
+    if ck.get("config_fingerprint") != fp:
+        kept = runs.set_aside(ckpt_path, "other-config")
+        _log(f"[other-config] {ckpt_path} was made with another config; kept as {kept.name}")
+        return None
+    return ck
+
+
+def _checkpoint(out: pathlib.Path, model, opt_state: dict, gen: torch.Generator, curve, step: int,
+                elapsed: float, step_time: float, fp: str) -> None:
+    runs.atomic_torch_save({"model": model.state_dict(), "optimizer": opt_state, "generator": gen.get_state(),
+                            "curve": curve, "step": step, "elapsed": elapsed, "step_time": step_time,
+                            "config_fingerprint": fp}, out / "checkpoint.pt")
+
+
+def _bar(cfg: DictConfig, total: int, initial: int, desc: str):
+    if not cfg.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr)
+
+
+def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, Any], overrides: list[str],
+           trial_info: dict[str, Any] | None = None) -> float:
     out: pathlib.Path = ident["dir"]
     s = ident["settings"]
     fp = ident["fingerprint"]
@@ -118,48 +204,27 @@ def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, An
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype)
-    task = instantiate(cfg.task, _convert_="all")  # may make data: its RNG use never reaches ours
-    torch.manual_seed(int(cfg.seed))
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model = models._instantiate(model_cfg, f"model {model_name!r}", **task.model_shapes()).to(device=device, dtype=dtype)
+    task, model, model_cfg = _build(cfg, model_name, device, dtype)
     opt = make_optimizer(model, s["optimizer"])
     sched = Schedule(opt, s["steps"], s["optimizer"])
     grad_clip = s["optimizer"].get("grad_clip")
     gen = torch.Generator().manual_seed(int(cfg.seed))
     curve: list[dict[str, Any]] = []
     start_step, elapsed, step_time = 0, 0.0, 0.0
-
-    ckpt_path = out / "checkpoint.pt"
-    if ckpt_path.exists():
-        ck = None
-        try:
-            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        except Exception as e:  # noqa: BLE001
-            kept = runs.set_aside(ckpt_path, "corrupt")
-            _log(f"[corrupt] {ckpt_path} ({type(e).__name__}: {e}); kept as {kept.name}, starting over")
-        if ck is not None and ck.get("config_fingerprint") != fp:
-            kept = runs.set_aside(ckpt_path, "other-config")
-            _log(f"[other-config] {ckpt_path} was made with another config; kept as {kept.name}")
-            ck = None
-        if ck is not None:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            gen.set_state(ck["generator"])
-            curve, start_step, elapsed = ck["curve"], ck["step"], ck["elapsed"]
-            step_time = ck.get("step_time", 0.0)
-            _log(f"[resume] {out} from step {start_step}")
+    ck = _load_checkpoint(out, fp, device)
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        gen.set_state(ck["generator"])
+        curve, start_step, elapsed = ck["curve"], ck["step"], ck["elapsed"]
+        step_time = ck.get("step_time", 0.0)
+        _log(f"[resume] {out} from step {start_step}")
 
     status, reason = "ok", ""
     eval_seed = 10**6 + int(cfg.seed)
     t0 = time.perf_counter() - elapsed
-    loss_val = float("nan")
     steps = int(s["steps"])
-    bar = None
-    if cfg.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, initial=start_step, desc=f"{model_name}/{task_name}/seed{cfg.seed}",
-                   dynamic_ncols=True, file=sys.stderr)
+    bar = _bar(cfg, steps, start_step, f"{model_name}/{task_name}/seed{cfg.seed}")
     model.train()
     steps_done = start_step
     try:
@@ -186,15 +251,24 @@ def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, An
                 curve.append({"step": step + 1, "train_loss": loss_val, **{f"eval_{k}": v for k, v in m.items()},
                               "wall_time_s": round(time.perf_counter() - t0, 3)})
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
-                runs.atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                        "generator": gen.get_state(), "curve": curve, "step": step + 1,
-                                        "elapsed": time.perf_counter() - t0, "step_time": step_time,
-                                        "config_fingerprint": fp}, ckpt_path)
+                _checkpoint(out, model, opt.state_dict(), gen, curve, step + 1, time.perf_counter() - t0, step_time, fp)
     finally:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
+    info = trial_info or trials.describe("one-by-one", [int(cfg.seed)])
+    return _finish(cfg, model_name, task_name, ident, overrides, task, model, model_cfg, status, reason,
+                   steps_done, curve, wall, step_time / max(1, steps_done), info)
 
+
+def _finish(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, Any], overrides: list[str],
+            task, model, model_cfg: dict, status: str, reason: str, steps_done: int, curve: list[dict],
+            wall: float, s_per_step: float, trial_info: dict[str, Any]) -> float:
+    """Final evaluation, record, curve and weights of one trained run; its primary value."""
+    out: pathlib.Path = ident["dir"]
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype)
+    eval_seed = 10**6 + int(cfg.seed)
     final: dict[str, float] = {}
     if status == "ok":
         final = evaluate(model, task, cfg.eval_size, eval_seed, device, dtype)
@@ -212,7 +286,7 @@ def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, An
         "status": status,
         "status_reason": reason,
         "steps_done": steps_done,
-        "settings": s,
+        "settings": ident["settings"],
         "final_metrics": final,
         "primary_metric": primary,
         "higher_is_better": task.higher_is_better,
@@ -220,7 +294,8 @@ def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, An
         "params": models.count_params(model),
         "backends": models.backends(model),
         "wall_time_s": round(wall, 3),
-        "s_per_step": round(step_time / max(1, steps_done), 6),
+        "s_per_step": round(s_per_step, 6),
+        "trials": trial_info,
         "git_commit": git_commit(),
         "versions": package_versions(),
         "device": device_info(device),
@@ -229,7 +304,7 @@ def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, An
         "config": OmegaConf.to_container(cfg, resolve=True),
         "overrides": list(overrides),
         "spec": ident["spec"],
-        "config_fingerprint": fp,
+        "config_fingerprint": ident["fingerprint"],
         "setting_fingerprint": ident["setting_fingerprint"],
         "run_dir": str(out),
     }
@@ -237,14 +312,119 @@ def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, An
     if cfg.get("save_model") and status == "ok":
         runs.atomic_torch_save({"state_dict": model.state_dict(), "model_config": model_cfg,
                                 "shapes": task.model_shapes(), "model": model_name, "task": task_name,
-                                "seed": int(cfg.seed), "config_fingerprint": fp}, out / "model.pt")
+                                "seed": int(cfg.seed), "config_fingerprint": ident["fingerprint"]}, out / "model.pt")
         record["model_file"] = "model.pt"
     atomic_write_json(out / "record.json", record)  # the record last: its existence means "finished"
-    if ckpt_path.exists():
-        ckpt_path.unlink()
+    if (out / "checkpoint.pt").exists():
+        (out / "checkpoint.pt").unlink()
     msg = f"[{status}] {out}: {primary}={primary_value:.4g} params={record['params']} wall={wall:.1f}s"
     _log(msg + (f" ({reason})" if reason else ""))
     return float(primary_value)
+
+
+def _train_batched(cfg: DictConfig, model_name: str, task_name: str, todo: list[Member],
+                   seeds: list[int]) -> list[float] | str:
+    """Train ``todo`` as one batched computation (:mod:`benchmarks.trials`). Returns their primary
+    values, or why they cannot be batched (nothing was trained or written then)."""
+    s = todo[0].ident["settings"]
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype)
+    built = [_build(m.cfg, model_name, device, dtype) for m in todo]
+    tasks_, mods = [b[0] for b in built], [b[1] for b in built]
+    why = trials.why_not_batchable(mods[0])
+    if why:
+        return why
+    n, steps, bs = len(todo), int(s["steps"]), int(s["batch_size"])
+    spec = s["optimizer"]
+    grad_clip = spec.get("grad_clip")
+    gens = [torch.Generator().manual_seed(m.seed) for m in todo]
+    trial_opts = [make_optimizer(mod, spec) for mod in mods]
+    curves: list[list[dict[str, Any]]] = [[] for _ in todo]
+    start, elapsed, step_time = 0, 0.0, 0.0
+    cks = [_load_checkpoint(m.ident["dir"], m.ident["fingerprint"], device) for m in todo]
+    starts = {ck["step"] if ck else 0 for ck in cks}
+    if len(starts) > 1:
+        return f"their checkpoints are at different steps {sorted(starts)}"
+    for i, ck in enumerate(cks):
+        if ck is None:
+            continue
+        mods[i].load_state_dict(ck["model"])
+        trial_opts[i].load_state_dict(ck["optimizer"])
+        gens[i].set_state(ck["generator"])
+        curves[i] = ck["curve"]
+        start, elapsed, step_time = ck["step"], max(elapsed, ck["elapsed"]), max(step_time, ck.get("step_time", 0.0))
+    stack = trials.TrialStack(mods)
+    probe = tasks_[0].train_batch(0, 2, torch.Generator().manual_seed(0))
+    why = stack.probe(torch.stack([to_device(probe, device, dtype).inputs] * n))
+    if why:
+        return f"vmap cannot batch this model: {why}"
+    opt = stack.optimizer(make_optimizer, spec)
+    if start:
+        stack.load_optimizer_states(opt, trial_opts)
+        _log(f"[resume] {model_name}/{task_name} seeds {[m.seed for m in todo]} from step {start}")
+    sched = Schedule(opt, steps, spec)
+
+    active = [True] * n
+    status, reason, done_steps = ["ok"] * n, [""] * n, [start] * n
+    t0 = time.perf_counter() - elapsed
+    bar = _bar(cfg, steps, start, f"{model_name}/{task_name}/seeds{todo[0].seed}-{todo[-1].seed}")
+    eval_seeds = [10**6 + m.seed for m in todo]
+    try:
+        for step in range(start, steps):
+            if not any(active):
+                break
+            sched.set(step)
+            batches = [to_device(t.train_batch(step, bs, g), device, dtype) for t, g in zip(tasks_, gens)]
+            ts = time.perf_counter()
+            vals = trials.batched_step(stack, tasks_, batches, opt, grad_clip, active)
+            for i in range(n):
+                if active[i] and not math.isfinite(vals[i]):
+                    active[i], status[i] = False, "diverged"
+                    reason[i] = f"non-finite loss {vals[i]} (aux 0.0) at step {step}"
+            step_time += time.perf_counter() - ts
+            for i in range(n):
+                if not active[i]:
+                    continue
+                done_steps[i] = step + 1
+                if vals[i] > float(cfg.diverge_loss):
+                    active[i], status[i] = False, "diverged"
+                    reason[i] = f"loss {vals[i]} > diverge_loss {cfg.diverge_loss} at step {step}"
+            if bar is not None:
+                bar.update(1)
+                if step % 10 == 0:
+                    live = [v for v, a in zip(vals, active) if a]
+                    bar.set_postfix(mean_loss=f"{sum(live) / max(1, len(live)):.4g}", live=f"{sum(active)}/{n}")
+            if step % s["eval_every"] == 0 or step == steps - 1:
+                for i in range(n):
+                    if active[i]:
+                        m = evaluate(stack.write_back(i), tasks_[i], cfg.eval_size, eval_seeds[i], device, dtype)
+                        curves[i].append({"step": step + 1, "train_loss": vals[i],
+                                          **{f"eval_{k}": v for k, v in m.items()},
+                                          "wall_time_s": round(time.perf_counter() - t0, 3)})
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
+                for i in range(n):
+                    if active[i]:
+                        _checkpoint(todo[i].ident["dir"], stack.write_back(i),
+                                    stack.trial_optimizer_state(i, opt, trial_opts[i]), gens[i], curves[i],
+                                    step + 1, time.perf_counter() - t0, step_time, todo[i].ident["fingerprint"])
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    batched_steps = max(1, max(done_steps) - 0)
+    info = trials.describe("batched", seeds, "", batched_with=[m.seed for m in todo],
+                           s_per_batched_step=round(step_time / batched_steps, 6))
+    values = []
+    for i, m in enumerate(todo):
+        if status[i] == "ok":
+            stack.write_back(i)
+        # each trial's share of the batched step time
+        values.append(_finish(m.cfg, model_name, task_name, m.ident, m.overrides, tasks_[i], mods[i],
+                              built[i][2], status[i], reason[i], done_steps[i], curves[i], wall,
+                              step_time / batched_steps / n, info))
+    return values
 
 
 class CheckSweep(Callback):

@@ -118,7 +118,7 @@ reproduce-%: $(STAMP)  ## a paper result: make reproduce-table2 (see the list be
 
 reproduce-fig13: reproduce-fig3 ; @:  ## Figure 13 is drawn with Figure 3
 
-reproduce-synthetic: reproduce-fig2 reproduce-fig4 reproduce-fig5 reproduce-fig14 ; @:  ## Figures 2, 4, 5, 14
+reproduce-synthetic: reproduce-fig2 reproduce-fig4 reproduce-fig5 reproduce-fig5_adjacent reproduce-fig5_zoology reproduce-fig5_safari reproduce-fig14 reproduce-fig14_copy4 reproduce-sensitivity ; @:  ## Figures 2, 4, 5, 14, their task variants and the sensitivity report
 
 reproduce-robotics: reproduce-table1 reproduce-table2 reproduce-table6 reproduce-table7 reproduce-table8 reproduce-table9 reproduce-table10 ; @:  ## all of section III
 

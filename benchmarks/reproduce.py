@@ -33,7 +33,8 @@ from omegaconf import OmegaConf
 from benchmarks.config import CONF_DIR, REPO, ConfigError, check_jobs, compose, sweep_params, without_hydra
 
 KINDS = {"landscape": "benchmarks.landscape", "timing": "benchmarks.timing", "speed": "benchmarks.speed",
-         "filters": "benchmarks.filters", "trial_batching": "benchmarks.trial_batching"}
+         "filters": "benchmarks.filters", "trial_batching": "benchmarks.trial_batching",
+         "sensitivity": "benchmarks.sensitivity"}
 
 
 def experiments() -> list[str]:

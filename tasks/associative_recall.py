@@ -30,6 +30,26 @@ Layout of one sequence of length L = ``seq_len``, with N = ``num_pairs`` and Q =
   (``num_tokens + v``). Unscored targets hold the blank id.
 * ``num_pairs`` defaults to ``num_tokens`` = 5 (every key appears once, in random order); the
   paper does not give the number of pairs, and keys must be unique, so at most ``num_tokens``.
+
+``layout`` (the paper gives none, and the result depends on it; see the Figure 5 variants):
+
+* ``front`` (default): the layout above, pairs at positions 0 .. 2N-1 and the query at L-1. It is
+  the layout of the authors' public generator (windsornguyen/spectral_ssm,
+  ``benchmarks/synthetic.py``: pairs first, padding, the query key last), except that theirs draws
+  one fixed key-value mapping for the whole dataset, where ours draws a new one per sequence (so
+  the value must be recalled from the context, not memorised).
+* ``adjacent``: the N pairs immediately before the query (positions L-1-2N .. L-2), blanks before
+  them; one query, at L-1. The recall distance is at most 2N instead of up to L-1.
+* ``zoology``: Zoology's MQAR (Arora et al. 2023, ``multiquery_ar``): the N pairs first, then every
+  key queried once (``num_queries`` must equal ``num_pairs``) at positions 2N + 2g, the gaps g drawn
+  without replacement from 0 .. (L-2N)/2 - 1 with probability proportional to a g'^(a-1)
+  (g' = g + 1, a = ``power_a`` = 0.01: short gaps are likely), and every other position of the
+  query region a uniformly random token (Zoology's ``random_non_queries``). The value is scored at
+  the query key's position.
+* ``safari``: the H3/Safari form (``generate_assoc_recall``): a fresh random map from the N keys to
+  values (values may repeat), the context filled with (key, value) pairs drawn with replacement
+  (keys repeat, always with their value), then a separator (the blank id, Safari's ``=>``) at L-2
+  and a queried key that occurs in the context at L-1 (Safari's ``allow_dot=False``).
 """
 from __future__ import annotations
 
@@ -47,7 +67,22 @@ class AssociativeRecall(Task):
     default_batch_size = 64
     default_steps = 2000  # not stated in the paper
 
-    def __init__(self, seq_len: int = 32, num_tokens: int = 5, num_pairs: int = 5, num_queries: int = 1):
+    LAYOUTS = ("front", "adjacent", "zoology", "safari")
+
+    def __init__(self, seq_len: int = 32, num_tokens: int = 5, num_pairs: int = 5, num_queries: int = 1,
+                 layout: str = "front", power_a: float = 0.01):
+        if layout not in self.LAYOUTS:
+            raise ValueError(f"unknown associative recall layout {layout!r}; valid layouts: {', '.join(self.LAYOUTS)}")
+        if layout == "adjacent" and num_queries != 1:
+            raise ValueError("layout 'adjacent' has one query (at the last position); set num_queries=1")
+        if layout == "zoology" and num_queries != num_pairs:
+            raise ValueError(f"layout 'zoology' queries every key once: num_queries must equal num_pairs ({num_pairs})")
+        if layout == "zoology" and (seq_len - 2 * num_pairs) // 2 < num_pairs:
+            raise ValueError(f"layout 'zoology' needs (seq_len - 2 num_pairs) / 2 >= num_pairs query slots")
+        if layout == "safari" and num_queries != 1:
+            raise ValueError("layout 'safari' has one query (at the last position); set num_queries=1")
+        if not power_a > 0:
+            raise ValueError(f"power_a must be > 0, got {power_a}")
         if num_tokens < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
         if not 1 <= num_pairs <= num_tokens:
@@ -65,14 +100,21 @@ class AssociativeRecall(Task):
         self.value_offset = self.num_tokens
         self.blank_id = 2 * self.num_tokens
         self.vocab_size = 2 * self.num_tokens + 1
+        self.layout = layout
+        self.power_a = float(power_a)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        if self.layout == "zoology":
+            return self._sample_zoology(batch_size, generator)
+        if self.layout == "safari":
+            return self._sample_safari(batch_size, generator)
         L, V, N, Q = self.seq_len, self.num_tokens, self.num_pairs, self.num_queries
         keys = torch.rand(batch_size, V, generator=generator).argsort(-1)[:, :N]
         values = torch.rand(batch_size, V, generator=generator).argsort(-1)[:, :N] + self.value_offset
         inputs = torch.full((batch_size, L), self.blank_id, dtype=torch.long)
-        inputs[:, 0 : 2 * N : 2] = keys
-        inputs[:, 1 : 2 * N : 2] = values
+        start = L - 1 - 2 * N if self.layout == "adjacent" else 0
+        inputs[:, start : start + 2 * N : 2] = keys
+        inputs[:, start + 1 : start + 2 * N : 2] = values
         # Which pairs are queried (distinct), and where: position L-1 plus Q-1 random slots.
         which = torch.rand(batch_size, N, generator=generator).argsort(-1)[:, :Q]
         qkeys = keys.gather(1, which)
@@ -87,8 +129,46 @@ class AssociativeRecall(Task):
         mask.scatter_(1, qpos, True)
         return Batch(inputs, targets, mask)
 
+    def _sample_zoology(self, batch_size: int, generator: torch.Generator) -> Batch:
+        L, V, N = self.seq_len, self.num_tokens, self.num_pairs
+        keys = torch.rand(batch_size, V, generator=generator).argsort(-1)[:, :N]
+        values = torch.rand(batch_size, V, generator=generator).argsort(-1)[:, :N] + self.value_offset
+        inputs = torch.randint(0, self.vocab_size, (batch_size, L), generator=generator)  # random non-queries
+        inputs[:, 0 : 2 * N : 2] = keys
+        inputs[:, 1 : 2 * N : 2] = values
+        space = (L - 2 * N) // 2
+        a = self.power_a
+        p = a * torch.arange(1, space + 1, dtype=torch.float64) ** (a - 1)
+        gaps = torch.multinomial((p / p.sum()).expand(batch_size, space), N, replacement=False, generator=generator)
+        qpos = 2 * N + 2 * gaps  # query i asks for key i (all keys, each once)
+        inputs.scatter_(1, qpos, keys)
+        targets = torch.full((batch_size, L), self.blank_id, dtype=torch.long)
+        targets.scatter_(1, qpos, values)
+        mask = torch.zeros((batch_size, L), dtype=torch.bool)
+        mask.scatter_(1, qpos, True)
+        return Batch(inputs, targets, mask)
+
+    def _sample_safari(self, batch_size: int, generator: torch.Generator) -> Batch:
+        L, V, N = self.seq_len, self.num_tokens, self.num_pairs
+        rows = torch.arange(batch_size)
+        mapping = torch.randint(0, V, (batch_size, N), generator=generator) + self.value_offset  # key k -> value
+        n_ctx = (L - 2) // 2
+        ctx_keys = torch.randint(0, N, (batch_size, n_ctx), generator=generator)
+        inputs = torch.full((batch_size, L), self.blank_id, dtype=torch.long)
+        inputs[:, 0 : 2 * n_ctx : 2] = ctx_keys
+        inputs[:, 1 : 2 * n_ctx : 2] = mapping.gather(1, ctx_keys)
+        pick = torch.randint(0, n_ctx, (batch_size,), generator=generator)  # a key that occurs in the context
+        qkey = ctx_keys[rows, pick]
+        inputs[:, L - 2] = self.blank_id  # the separator
+        inputs[:, L - 1] = qkey
+        targets = torch.full((batch_size, L), self.blank_id, dtype=torch.long)
+        targets[:, L - 1] = mapping[rows, qkey]
+        mask = torch.zeros((batch_size, L), dtype=torch.bool)
+        mask[:, L - 1] = True
+        return Batch(inputs, targets, mask)
+
     def describe(self):
         out = super().describe()
         out.update(num_tokens=self.num_tokens, num_pairs=self.num_pairs, num_queries=self.num_queries,
-                   value_offset=self.value_offset, blank_id=self.blank_id)
+                   value_offset=self.value_offset, blank_id=self.blank_id, layout=self.layout)
         return out

@@ -307,3 +307,53 @@ def test_lds_loss_is_mse():
     assert task.loss(b.targets, b) == 0
     m = task.metrics(torch.zeros_like(b.targets), b)
     assert m["mse"] == pytest.approx(float(b.targets.pow(2).sum(-1).mean()), rel=1e-5)
+
+
+# ------------------------------------------------------------------ associative recall layouts (Figure 5 variants)
+@pytest.mark.parametrize("layout, queries", [("front", 1), ("adjacent", 1), ("zoology", 5), ("safari", 1)])
+def test_associative_recall_layouts_are_answerable_from_the_context(layout, queries):
+    """Every scored position holds a key whose value appears right after that key earlier in the
+    sequence (so a causal model can answer), and the layout puts things where it says."""
+    from tasks.associative_recall import AssociativeRecall
+
+    t = AssociativeRecall(layout=layout, num_queries=queries)
+    b = t.sample(64, torch.Generator().manual_seed(3))
+    again = t.sample(64, torch.Generator().manual_seed(3))
+    assert torch.equal(b.inputs, again.inputs) and torch.equal(b.targets, again.targets)
+    assert b.inputs.shape == (64, 32) and int(b.inputs.max()) < t.vocab_size
+    assert (b.mask.sum(1) == queries).all()
+    for x, y, m in zip(b.inputs.tolist(), b.targets.tolist(), b.mask.tolist()):
+        for p in [i for i, s in enumerate(m) if s]:
+            key, value = x[p], y[p]
+            assert key < t.num_tokens and t.num_tokens <= value < 2 * t.num_tokens
+            assert any(x[j] == key and x[j + 1] == value for j in range(p - 1)), (layout, x, p)
+    if layout == "front":
+        assert (b.inputs[:, :10:2] < 5).all() and b.mask[:, 31].all()
+    if layout == "adjacent":
+        assert (b.inputs[:, :21] == t.blank_id).all() and (b.inputs[:, 21:31:2] < 5).all() and b.mask[:, 31].all()
+    if layout == "zoology":  # all five keys queried once, at even offsets after the pairs
+        pos = b.mask.nonzero()[:, 1].view(64, 5)
+        assert ((pos - 10) % 2 == 0).all() and (pos >= 10).all()
+        assert torch.equal(b.inputs.gather(1, pos).sort(1).values, b.inputs[:, :10:2].sort(1).values)
+    if layout == "safari":
+        assert (b.inputs[:, 30] == t.blank_id).all() and (b.inputs[:, :30:2] < 5).all()
+
+
+def test_associative_recall_front_layout_is_the_committed_task():
+    """Adding layouts did not move the default's random stream (Figure 5's numbers stay the same)."""
+    from tasks.associative_recall import AssociativeRecall
+
+    b = AssociativeRecall().sample(2, torch.Generator().manual_seed(0))
+    assert b.inputs[0].tolist()[:10] == [2, 7, 3, 8, 4, 9, 0, 5, 1, 6] and b.inputs[0, 31] == 4 and b.targets[0, 31] == 9
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(layout="middle"), "valid layouts: front, adjacent, zoology, safari"),
+    (dict(layout="zoology", num_queries=1), "num_queries must equal num_pairs"),
+    (dict(layout="adjacent", num_queries=2), "one query"),
+])
+def test_associative_recall_bad_layouts_are_refused(kwargs, message):
+    from tasks.associative_recall import AssociativeRecall
+
+    with pytest.raises(ValueError, match=message):
+        AssociativeRecall(**kwargs)

@@ -12,6 +12,7 @@ such (run ``make reproduce-<variant>`` first).
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 import time
@@ -108,6 +109,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     cells.append(f"{rows[0]['mean']:.4g} ({rows[0]['solved']}/{rows[0]['trials']})" if rows else "-")
                 md.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
             md.append("")
+    png = pathlib.Path(paths["plots"]) / "sensitivity" / profile / "sensitivity.png"
+    _plot(results, figures, png, profile)
+    md += [f"![sensitivity]({os.path.relpath(png, out)})", ""]
     atomic_write_text(out / "sensitivity.md", "\n".join(md).rstrip() + "\n")
     record = {"experiment": "sensitivity", "kind": "sensitivity", "profile": profile, "git_commit": git_commit(),
               "config": OmegaConf.to_container(cfg.sensitivity, resolve=True), "results": results,
@@ -115,6 +119,45 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_json(out / "record.json", record)
     print("\n".join(md), file=sys.stderr)
     return record
+
+
+def _plot(results: dict[str, Any], figures: dict[str, Any], path: pathlib.Path, profile: str) -> None:
+    """Per figure: each model's mean final metric under each variant (grouped bars; the number of
+    solved trials above each bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 3.8), squeeze=False)
+    for ax, (name, res) in zip(axes[0], results.items()):
+        variants = list(res["variants"])
+        models = list(dict.fromkeys(r["model"] for v in res["variants"].values() for r in v["summary"]))
+        ax.set_title(figures[name].get("title", name), fontsize=9)
+        if not models:
+            ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        w = 0.8 / len(variants)
+        cmap = plt.get_cmap("tab10")
+        for k, label in enumerate(variants):
+            rows = {r["model"]: r for r in res["variants"][label]["summary"]}
+            xs = [i + (k - (len(variants) - 1) / 2) * w for i in range(len(models))]
+            ys = [rows[m]["mean"] if m in rows else 0.0 for m in models]
+            bars = ax.bar(xs, ys, w, label=label + (" (default)" if label == res["default"] else ""), color=cmap(k))
+            for b, m in zip(bars, models):
+                if m in rows:
+                    ax.annotate(f"{rows[m]['solved']}/{rows[m]['trials']}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                                ha="center", va="bottom", fontsize=6)
+        ax.set_xticks(range(len(models)), [LABELS.get(m, m) for m in models])
+        metric = next((v.get("metric") for v in res["variants"].values() if v.get("metric")), "final metric")
+        ax.set_ylabel(f"mean final {str(metric).replace('eval_', '')}")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="variant", title_fontsize=7)
+    fig.suptitle(f"Claims under each task variant ({profile} profile); labels: solved trials", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 main = hydra_entry(run)

@@ -26,6 +26,9 @@ BY_KIND = {
               "profile.speed.train.settings.fig2_lds.batch=2", "profile.speed.train.settings.fig2_lds.seq_len=16",
               "profile.speed.sweep.lengths=[16]", "profile.speed.sweep.only=[stu-kernel-freq]"],
     "filters": [],
+    "trial_batching": ["trial_batching.steps=1", "trial_batching.warmup=0", "trial_batching.models=[stu,transformer_moe]",
+                       "trial_batching.settings.fig2.trials=2", "trial_batching.settings.fig4.trials=2"],
+    "sensitivity": [],
 }
 
 

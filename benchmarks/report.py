@@ -282,6 +282,39 @@ def finish_plot(fig, ax, title: str, path: pathlib.Path, legend_cols: int = 1) -
     plt.close(fig)
 
 
+def plateau(curves: pd.DataFrame, summary: pd.DataFrame, rep: dict) -> pd.DataFrame:
+    """Did each setting's learning curves flatten? Per trial, the change of ``rep['metric']`` over
+    the last quarter of training (last curve point minus the point at 3/4 of the steps; relative to
+    the 3/4 value when the metric is plotted on a log scale); the median over trials, and
+    ``flattened`` when its size is at most ``rep['flat_tol']`` (0.02 absolute, or 0.1 relative)."""
+    metric = rep.get("metric")
+    log_y = bool(rep.get("log_y"))
+    tol = float(rep.get("flat_tol", 0.1 if log_y else 0.02))
+    summary = summary.copy()
+    changes, flats = [], []
+    for _, row in summary.iterrows():
+        deltas = []
+        if not curves.empty and metric in curves.columns:
+            c = curves[curves["setting"] == row["setting"]]
+            for _, g in c.groupby("seed"):
+                g = g.sort_values("step")
+                v = g[metric].astype(float).to_numpy()
+                steps = g["step"].to_numpy()
+                if len(v) < 4 or not math.isfinite(v[-1]):
+                    continue
+                at = v[int(abs(steps - 0.75 * steps[-1]).argmin())]
+                d = v[-1] - at
+                if log_y:
+                    d = d / abs(at) if at else math.inf
+                deltas.append(d)
+        med = float(pd.Series(deltas).median()) if deltas else math.nan
+        changes.append(med)
+        flats.append(bool(deltas) and abs(med) <= tol)
+    summary["last_quarter_change"] = changes
+    summary["flattened"] = flats
+    return summary
+
+
 def _fmt(x, digits=4):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
 
@@ -300,15 +333,26 @@ def write_summary(experiment: str, runs: pd.DataFrame, summary: pd.DataFrame, cl
               f"Final {metric} ({'higher' if hib else 'lower'} is better) over trials; "
               "a diverged trial counts as unsolved and is excluded from the mean.", "",
               f"![{experiment}]({plot_rel})", "",
-              "| model | params | trials | mean | std | min | median | max | solved | diverged | s/step |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| model | params | trials | mean | std | min | median | max | solved | diverged | s/step | last-quarter change | flat |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for _, r in summary.iterrows():
+        flat = "yes" if r.get("flattened") else "**no**"
         lines.append(f"| {r['label']} | {r['params']:,} | {r['trials']} | {_fmt(r['mean'])} | {_fmt(r['std'])} | "
                      f"{_fmt(r['min'])} | {_fmt(r['median'])} | {_fmt(r['max'])} | {r['solved']}/{r['trials']} | "
-                     f"{r['diverged']} | {_fmt(r['s_per_step'], 3)} |")
+                     f"{r['diverged']} | {_fmt(r['s_per_step'], 3)} | {_fmt(r.get('last_quarter_change'), 2)} | {flat} |")
+    tol = float(rep.get("flat_tol", 0.1 if rep.get("log_y") else 0.02))
+    lines += ["", f"Last-quarter change: the median over trials of the change of {rep.get('metric')} over the last "
+              f"quarter of training ({'relative, ' if rep.get('log_y') else ''}last curve point minus the point at "
+              f"3/4 of the steps); 'flat' when it is at most {tol:g} in size. A curve that is not flat has not "
+              "converged at this step count."]
     thr = rep.get("solved_above", rep.get("solved_below"))
     if thr is not None:
         lines += ["", f"'Solved' means final {metric} {'>=' if 'solved_above' in rep else '<='} {thr}."]
+    src = rep.get("settings_source") or []
+    if src:
+        lines += ["", "## Settings and where they come from", "", "| setting | value | source |", "|---|---|---|"]
+        for item in src:
+            lines.append(f"| {item.get('setting')} | {item.get('value')} | {item.get('source')} |")
     if rep.get("claim"):
         lines += ["", "## The paper's claim", "", f"> {rep['claim']}", ""]
     if claims:
@@ -348,7 +392,7 @@ def report(experiment: str, profile: str = "smoke", runs_root="runs", results_ro
     atomic_write_text(out_dir / "records.jsonl",
                       "".join(json.dumps({k: v for k, v in r.items() if k != "_dir"}, sort_keys=True, default=str) + "\n"
                               for r in sorted(records, key=lambda r: r["_dir"])))
-    summary = summarise(runs, rep, hib)
+    summary = plateau(curves, summarise(runs, rep, hib), rep)
     atomic_write_text(out_dir / "summary.csv", summary.to_csv(index=False))
     claims = check_claims(summary, rep, hib)
     png = plots_root / experiment / profile / f"{experiment}.png"

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.config import ConfigError, check_jobs, compose, hydra_entry, sweep_params
 from benchmarks.records import atomic_write_json, atomic_write_text, git_commit
-from benchmarks.report import LABELS, check_claims, experiment_report_config, gather, summarise
+from benchmarks.report import LABELS, check_claims, experiment_report_config, gather, plateau, summarise
 
 
 def check(cfg: DictConfig) -> dict[str, Any]:
@@ -46,14 +46,14 @@ def variant_result(exp: str, profile: str, paths: dict[str, str]) -> dict[str, A
     """Summary rows and claim verdicts of experiment ``exp`` at ``profile`` (its own runs only)."""
     overrides = [f"experiment={exp}", f"profile={profile}", f"paths.runs={paths['runs']}"]
     jobs = check_jobs(sweep_params(compose(overrides, return_hydra_config=True)), overrides)
-    runs, _, records = gather(pathlib.Path(paths["runs"]) / profile, exp, {j["fingerprint"] for j in jobs})
+    runs, curves, records = gather(pathlib.Path(paths["runs"]) / profile, exp, {j["fingerprint"] for j in jobs})
     if runs.empty:
         return {"experiment": exp, "runs": 0, "expected_runs": len(jobs), "summary": [], "claims": []}
     rep = experiment_report_config(exp)
     hib = bool(records[0].get("higher_is_better", True))
-    summary = summarise(runs, rep, hib)
+    summary = plateau(curves, summarise(runs, rep, hib), rep)
     claims = [{"claim": c, "holds": h, "evidence": e} for c, h, e in check_claims(summary, rep, hib)]
-    rows = summary[["model", "label", "trials", "mean", "std", "solved", "diverged"]].to_dict("records")
+    rows = summary[["model", "label", "trials", "mean", "std", "solved", "diverged", "flattened"]].to_dict("records")
     return {"experiment": exp, "runs": len(runs), "expected_runs": len(jobs), "summary": rows, "claims": claims,
             "metric": rep.get("metric"), "solved_rule": {k: rep[k] for k in ("solved_above", "solved_below") if k in rep},
             "claim_text": rep.get("claim", ""), "commits": sorted({r.get("git_commit") for r in records})}
@@ -100,13 +100,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             md.append("")
         models = list(dict.fromkeys(row["model"] for r in res.values() for row in r["summary"]))
         if models:
-            md += ["Mean final metric (solved trials / trials):", "",
+            md += ["Mean final metric (solved trials / trials; 'not flat': the curves still moved over the last quarter):", "",
                    "| model | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
             for m in models:
                 cells = []
                 for label in variants:
                     rows = [x for x in res[label]["summary"] if x["model"] == m]
-                    cells.append(f"{rows[0]['mean']:.4g} ({rows[0]['solved']}/{rows[0]['trials']})" if rows else "-")
+                    flat = "" if not rows or rows[0]["flattened"] else ", not flat"
+                    cells.append(f"{rows[0]['mean']:.4g} ({rows[0]['solved']}/{rows[0]['trials']}{flat})" if rows else "-")
                 md.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
             md.append("")
     png = pathlib.Path(paths["plots"]) / "sensitivity" / profile / "sensitivity.png"

@@ -210,3 +210,24 @@ def test_fingerprint_normalises_values():
     a = runs.fingerprint({"lr": 1e-3, "steps": 5, "wd": 1.0})
     assert a == runs.fingerprint({"lr": 0.001, "steps": 5, "wd": 1})
     assert a != runs.fingerprint({"lr": 0.002, "steps": 5, "wd": 1})
+
+
+def test_plateau_says_whether_curves_flattened():
+    """The summary's last-quarter change: the median over trials of (last point - point at 3/4)."""
+    import pandas as pd
+
+    from benchmarks.report import plateau
+
+    steps = list(range(10, 110, 10))
+    rows = []
+    for seed in (0, 1):
+        rows += [{"setting": "flat", "seed": seed, "step": s, "eval_accuracy": min(1.0, s / 50)} for s in steps]
+        rows += [{"setting": "rising", "seed": seed, "step": s, "eval_accuracy": s / 100} for s in steps]
+    summary = pd.DataFrame([{"setting": "flat"}, {"setting": "rising"}])
+    out = plateau(pd.DataFrame(rows), summary, {"metric": "eval_accuracy"}).set_index("setting")
+    assert out.loc["flat", "flattened"] and out.loc["flat", "last_quarter_change"] == 0.0
+    assert not out.loc["rising", "flattened"] and abs(out.loc["rising", "last_quarter_change"] - 0.3) < 1e-9  # 1.0 - 0.7 (step 70: nearest to 75, first of the tie)
+    # log-scale metrics: relative change
+    lds = [{"setting": "x", "seed": 0, "step": s, "eval_mse": 1.0 / s} for s in steps]
+    rel = plateau(pd.DataFrame(lds), pd.DataFrame([{"setting": "x"}]), {"metric": "eval_mse", "log_y": True})
+    assert abs(rel["last_quarter_change"].iloc[0] - (1 / 100 - 1 / 70) / (1 / 70)) < 1e-9

@@ -284,8 +284,9 @@ def finish_plot(fig, ax, title: str, path: pathlib.Path, legend_cols: int = 1) -
 
 def plateau(curves: pd.DataFrame, summary: pd.DataFrame, rep: dict) -> pd.DataFrame:
     """Did each setting's learning curves flatten? Per trial, the change of ``rep['metric']`` over
-    the last quarter of training (last curve point minus the point at 3/4 of the steps; relative to
-    the 3/4 value when the metric is plotted on a log scale); the median over trials, and
+    the last quarter of training (the mean of the last tenth of the curve points minus the mean of
+    as many points around 3/4 of the steps; relative to the latter when the metric is plotted on a
+    log scale); the median over trials, and
     ``flattened`` when its size is at most ``rep['flat_tol']`` (0.02 absolute, or 0.1 relative)."""
     metric = rep.get("metric")
     log_y = bool(rep.get("log_y"))
@@ -302,8 +303,11 @@ def plateau(curves: pd.DataFrame, summary: pd.DataFrame, rep: dict) -> pd.DataFr
                 steps = g["step"].to_numpy()
                 if len(v) < 4 or not math.isfinite(v[-1]):
                     continue
-                at = v[int(abs(steps - 0.75 * steps[-1]).argmin())]
-                d = v[-1] - at
+                k = max(1, len(v) // 10)  # windows of a tenth of the points: less evaluation noise
+                i = int(abs(steps - 0.75 * steps[-1]).argmin())
+                lo = max(0, i - k // 2)
+                at = float(v[lo:lo + k].mean())
+                d = float(v[-k:].mean()) - at
                 if log_y:
                     d = d / abs(at) if at else math.inf
                 deltas.append(d)
@@ -342,8 +346,8 @@ def write_summary(experiment: str, runs: pd.DataFrame, summary: pd.DataFrame, cl
                      f"{r['diverged']} | {_fmt(r['s_per_step'], 3)} | {_fmt(r.get('last_quarter_change'), 2)} | {flat} |")
     tol = float(rep.get("flat_tol", 0.1 if rep.get("log_y") else 0.02))
     lines += ["", f"Last-quarter change: the median over trials of the change of {rep.get('metric')} over the last "
-              f"quarter of training ({'relative, ' if rep.get('log_y') else ''}last curve point minus the point at "
-              f"3/4 of the steps); 'flat' when it is at most {tol:g} in size. A curve that is not flat has not "
+              f"quarter of training ({'relative, ' if rep.get('log_y') else ''}the mean of the last tenth of the curve "
+              f"points minus the mean of as many points around 3/4 of the steps); 'flat' when it is at most {tol:g} in size. A curve that is not flat has not "
               "converged at this step count."]
     thr = rep.get("solved_above", rep.get("solved_below"))
     if thr is not None:

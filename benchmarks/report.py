@@ -30,7 +30,7 @@ from benchmarks.records import REPO, atomic_write_text
 from benchmarks.runs import read_records
 
 MODEL_ORDER = ["robotics_stu", "robotics_stu_t", "robotics_transformer", "robotics_mamba2",
-               "stu", "stu_t", "s4d", "mamba2", "transformer", "transformer_moe", "mamba2_moe", "flash_stu",
+               "stu", "stu_t", "stu_t_tied", "s4d", "mamba2", "transformer", "transformer_moe", "mamba2_moe", "flash_stu",
                "mamba2_hybrid"]
 LABELS = {"stu": "STU", "stu_t": "STU-T", "stu_t_tied": "STU-T (tied)", "s4d": "S4D", "mamba2": "Mamba-2", "transformer": "Attention",
           "transformer_moe": "Transformer (MoE)", "mamba2_moe": "Mamba-2 (MoE)", "flash_stu": "Flash STU",

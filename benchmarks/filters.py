@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.config import ConfigError, hydra_entry
-from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions
+from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions, save_diff
 from benchmarks.config import require_int
 from benchmarks.timing import require_kind
 from models.spectral import VARIANTS, hankel_matrix, spectral_eigs, spectral_filters
@@ -99,6 +99,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               "versions": package_versions(), "device": device_info("cpu"), "backends": "spectral_filters=torch.linalg.eigh",
               "files": {"csv": str(out / "filters.csv"), "plot": str(plot)},
               "wall_time_s": round(time.perf_counter() - t0, 2)}
+    record["git_diff"] = save_diff(out, record["git_commit"])
     atomic_write_json(out / "record.json", record)
     e = nums["eigenvalues"]
     print(f"[fig12] {plot}: {c['k']} filters at L={c['seq_len']} ({c['variant']}); eigenvalues {e[0]:.3g} .. "

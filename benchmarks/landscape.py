@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 import models
 from benchmarks import loop
 from benchmarks.config import ConfigError, hydra_entry, shapes_of
-from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions
+from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions, save_diff
 from benchmarks.report import LABELS
 from benchmarks.timing import (device_and_dtype, dry_run, optimizer_summary, require_int, require_kind, require_models,
                                require_number, run_settings, say)
@@ -317,6 +317,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                           for n in names},
               "files": {"csv": str(out_results / "landscape.csv"), "plots": [str(p) for p in plots]},
               "wall_time_s": round(time.perf_counter() - t0, 2)}
+    record["git_diff"] = save_diff(out_results, record["git_commit"])
     atomic_write_json(out_results / "record.json", record)
     for name in names:
         s = record["summary"][name]

@@ -66,6 +66,20 @@ def git_commit() -> str:
         return "unknown"
 
 
+def save_diff(folder: pathlib.Path, commit: str) -> str | None:
+    """When ``commit`` says the code was dirty, store ``git diff HEAD`` (the suite's outputs, results/
+    and plots/, left out) as ``<folder>/git.diff`` beside the record; return its name (else None)."""
+    if not commit.endswith("-dirty"):
+        return None
+    try:
+        diff = subprocess.run(["git", "diff", "HEAD", "--", ".", ":(exclude)results", ":(exclude)plots"], cwd=REPO,
+                              capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    atomic_write_text(pathlib.Path(folder) / "git.diff", diff)
+    return "git.diff"
+
+
 def package_versions(names: Iterable[str] = ("torch", "numpy", "hydra-core", "omegaconf", "scipy",
                                               "mujoco", "gymnasium", "seals", "stable-baselines3",
                                               "flash-attn", "mamba-ssm", "flashfftconv", "triton")) -> dict[str, str]:

@@ -396,6 +396,10 @@ def report(experiment: str, profile: str = "smoke", runs_root="runs", results_ro
     atomic_write_text(out_dir / "records.jsonl",
                       "".join(json.dumps({k: v for k, v in r.items() if k != "_dir"}, sort_keys=True, default=str) + "\n"
                               for r in sorted(records, key=lambda r: r["_dir"])))
+    for r in records:  # runs made from a dirty tree: their diffs travel with the results
+        diff = pathlib.Path(r["_dir"]) / str(r.get("git_diff") or "")
+        if r.get("git_diff") and diff.is_file():
+            atomic_write_text(out_dir / "diffs" / f"{pathlib.Path(r['_dir']).name}.diff", diff.read_text())
     summary = plateau(curves, summarise(runs, rep, hib), rep)
     atomic_write_text(out_dir / "summary.csv", summary.to_csv(index=False))
     claims = check_claims(summary, rep, hib)

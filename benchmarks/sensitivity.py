@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.config import ConfigError, check_jobs, compose, hydra_entry, sweep_params
-from benchmarks.records import atomic_write_json, atomic_write_text, git_commit
+from benchmarks.records import atomic_write_json, atomic_write_text, git_commit, save_diff
 from benchmarks.report import LABELS, check_claims, experiment_report_config, gather, plateau, summarise
 
 
@@ -117,6 +117,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     record = {"experiment": "sensitivity", "kind": "sensitivity", "profile": profile, "git_commit": git_commit(),
               "config": OmegaConf.to_container(cfg.sensitivity, resolve=True), "results": results,
               "wall_time_s": round(time.perf_counter() - t0, 2)}
+    record["git_diff"] = save_diff(out, record["git_commit"])
     atomic_write_json(out / "record.json", record)
     print("\n".join(md), file=sys.stderr)
     return record

@@ -54,7 +54,7 @@ import models
 import models.spectral as spectral
 from benchmarks import loop, timing
 from benchmarks.config import CONF_DIR, ConfigError, hydra_entry, task_class
-from benchmarks.records import atomic_write_csv, atomic_write_json, atomic_write_text, device_info, git_commit, package_versions
+from benchmarks.records import atomic_write_csv, atomic_write_json, atomic_write_text, device_info, git_commit, package_versions, save_diff
 from benchmarks.timing import peak_memory_mb, require_int, require_kind, require_number, saved_tensor_mb, time_fn
 from models.attention import Attention
 from tasks.base import RandomTask, available_tasks
@@ -743,7 +743,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_csv(csv_path, rows)
     atomic_write_text(md_path, make_markdown(rows, meta, plot_rel))
     backends = {f"{r['section']}/{r['setting']}/{r['label']}": r["backend"] for r in rows if r.get("backend")}
-    atomic_write_json(json_path, {**meta, "git_commit": commit, "backends": backends,
+    atomic_write_json(json_path, {**meta, "git_commit": commit, "git_diff": save_diff(json_path.parent, commit),
+                                  "backends": backends,
                                   "wall_time_s": round(meta["wall_s"], 2), "columns": COLUMNS, "rows": rows,
                                   "files": {"csv": str(csv_path), "md": str(md_path),
                                             "png": str(png_path) if plotted else None}})

@@ -46,7 +46,7 @@ import models
 from benchmarks import loop
 from benchmarks.config import (CONF_DIR, ConfigError, choice, hydra_entry, require_int, require_number, settings,
                                shapes_of)
-from benchmarks.records import REPO, atomic_write_json, atomic_write_text, device_info, git_commit, package_versions
+from benchmarks.records import REPO, atomic_write_json, atomic_write_text, device_info, git_commit, package_versions, save_diff
 from tasks.base import RandomTask
 
 PAPER_FILE = REPO / "benchmarks" / "paper_tables.yaml"
@@ -473,6 +473,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               "files": {"table_md": str(out / "table.md"), "table_tex": str(out / "table.tex"),
                         "timing": str(out / "timing.json"), "plot": str(png)},
               "wall_time_s": round(time.perf_counter() - t_start, 2)}
+    record["git_diff"] = save_diff(out, record["git_commit"])
     atomic_write_json(out / "record.json", record)
     say("\n".join(md[:1] + md[len(notes) + 3:]).rstrip())
     say(f"wrote {out} and {png} in {record['wall_time_s']:.0f} s")

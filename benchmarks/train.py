@@ -39,7 +39,7 @@ import models
 from benchmarks import runs, trials
 from benchmarks.config import CONF_DIR, ConfigError, check_jobs, choice, identity, sweep_params, validate
 from benchmarks.loop import Schedule, evaluate, make_optimizer, resolve_device, resolve_dtype, to_device, train_step
-from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions
+from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions, save_diff
 
 RUN_FILES = ("record.json", "curve.csv", "model.pt", "checkpoint.pt")
 
@@ -308,6 +308,7 @@ def _finish(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, A
         "setting_fingerprint": ident["setting_fingerprint"],
         "run_dir": str(out),
     }
+    record["git_diff"] = save_diff(out, record["git_commit"])
     atomic_write_csv(out / "curve.csv", curve)
     if cfg.get("save_model") and status == "ok":
         runs.atomic_torch_save({"state_dict": model.state_dict(), "model_config": model_cfg,

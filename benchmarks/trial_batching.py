@@ -29,7 +29,7 @@ import models
 from benchmarks import trials
 from benchmarks.config import ConfigError, choice, compose, hydra_entry, require_int, settings, without_hydra
 from benchmarks.loop import make_optimizer, resolve_device, resolve_dtype, to_device, train_step
-from benchmarks.records import atomic_write_json, atomic_write_text, device_info, git_commit, package_versions
+from benchmarks.records import atomic_write_json, atomic_write_text, device_info, git_commit, package_versions, save_diff
 
 
 def _say(msg: str) -> None:
@@ -160,6 +160,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               "versions": package_versions(), "device": info, "dtype": str(cfg.dtype),
               "threads": torch.get_num_threads(), "rows": rows,
               "wall_time_s": round(time.perf_counter() - t_start, 2)}
+    record["git_diff"] = save_diff(out_dir, record["git_commit"])
     atomic_write_json(out_dir / "record.json", record)
     _say("\n".join(lines[4:-2]))
     _say(f"wrote {out_dir} in {record['wall_time_s']:.0f} s")

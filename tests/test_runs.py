@@ -231,3 +231,25 @@ def test_plateau_says_whether_curves_flattened():
     lds = [{"setting": "x", "seed": 0, "step": s, "eval_mse": 1.0 / s} for s in steps]
     rel = plateau(pd.DataFrame(lds), pd.DataFrame([{"setting": "x"}]), {"metric": "eval_mse", "log_y": True})
     assert abs(rel["last_quarter_change"].iloc[0] - (1 / 100 - 1 / 70) / (1 / 70)) < 1e-9
+
+
+def test_a_dirty_tree_stores_its_diff_beside_the_record(tmp_path, monkeypatch):
+    """Provenance: outputs (results/, plots/) never make the commit dirty; a really dirty tree
+    stores its diff (git.diff) beside the record."""
+    from benchmarks import records
+    from benchmarks.train import run
+
+    monkeypatch.setattr(records, "git_commit", lambda: "abc123-dirty")
+    import benchmarks.train as T
+
+    monkeypatch.setattr(T, "git_commit", lambda: "abc123-dirty")
+    run(_cfg(tmp_path), "stu", "lds", [])
+    rec_path = next(tmp_path.rglob("record.json"))
+    rec = json.loads(rec_path.read_text())
+    assert rec["git_commit"].endswith("-dirty") and rec["git_diff"] == "git.diff"
+    assert (rec_path.parent / "git.diff").exists()
+    assert records.save_diff(tmp_path, "abc123") is None  # a clean commit stores nothing
+    from benchmarks.report import report
+
+    report("adhoc", "smoke", tmp_path, tmp_path / "res", tmp_path / "plots", rep={"metric": "eval_mse"}, quiet=True)
+    assert len(list((tmp_path / "res" / "adhoc" / "smoke" / "diffs").glob("*.diff"))) == 1

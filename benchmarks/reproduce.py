@@ -115,10 +115,51 @@ def evaluate(cfg, jobs: list[dict[str, Any]]) -> None:
         evaluation.evaluate_baseline(records[0], n_pred, max_traj, root)
 
 
-def run_sweep(overrides: list[str]) -> int:
+def run_sweep(overrides: list[str], jobs: list[dict[str, Any]] | None = None) -> int:
+    """The sweep through ``benchmarks.train -m`` (any launcher), with one overall progress bar of
+    finished runs (:func:`watch`) beside the runs' own one-line messages."""
+    import threading
+
     cmd = [sys.executable, "-m", "benchmarks.train", "-m", *overrides]
     print("[reproduce] " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
-    return subprocess.call(cmd)
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, args=(jobs or [], stop), daemon=True)
+    watcher.start()
+    try:
+        return subprocess.call(cmd)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+
+
+def watch(jobs: list[dict[str, Any]], stop, every: float | None = None) -> int:
+    """Count the sweep's finished runs (a record in each distinct run folder) until ``stop`` is set,
+    as one progress bar: refreshed every ``every`` seconds (2 on a terminal, 30 in a log file) so
+    the elapsed time and the rate keep moving while a long run trains. Works under every launcher:
+    it reads the run folders, not the workers' output. Returns the number of finished runs."""
+    from tqdm.auto import tqdm
+
+    folders = list({j["fingerprint"]: pathlib.Path(j["dir"]) for j in jobs}.values())
+    if not folders:
+        stop.wait()
+        return 0
+
+    def finished() -> int:
+        return sum((f / "record.json").exists() for f in folders)
+
+    tty = sys.stderr.isatty()
+    every = every if every is not None else (2.0 if tty else 30.0)
+    bar = tqdm(total=len(folders), initial=finished(), desc="[sweep] runs finished", unit="run", file=sys.stderr,
+               dynamic_ncols=True, mininterval=0 if tty else every, smoothing=0)
+    while not stop.wait(every):
+        n = finished()
+        if n > bar.n:
+            bar.update(n - bar.n)
+        else:
+            bar.refresh()
+    bar.update(max(0, finished() - bar.n))
+    bar.close()
+    return bar.n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[reproduce] {name} at profile {profile}: {len(jobs)} job(s), {len(distinct)} distinct run(s), "
           f"all checked", file=sys.stderr, flush=True)
     prepare_data(jobs)
-    code = run_sweep(argv)
+    code = run_sweep(argv, jobs)
     if code:
         print(f"error: the sweep exited with {code}; finished runs are kept, rerun the same command to resume",
               file=sys.stderr)

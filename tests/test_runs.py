@@ -253,3 +253,25 @@ def test_a_dirty_tree_stores_its_diff_beside_the_record(tmp_path, monkeypatch):
 
     report("adhoc", "smoke", tmp_path, tmp_path / "res", tmp_path / "plots", rep={"metric": "eval_mse"}, quiet=True)
     assert len(list((tmp_path / "res" / "adhoc" / "smoke" / "diffs").glob("*.diff"))) == 1
+
+
+def test_the_sweep_progress_counts_finished_runs_under_any_launcher(tmp_path, capsys):
+    """benchmarks.reproduce.watch reads the run folders (not a launcher's output): it counts the
+    records that appear while it watches and reports the total."""
+    import threading
+
+    from benchmarks.reproduce import watch
+
+    jobs = [{"fingerprint": f"fp{i}", "dir": str(tmp_path / f"run{i}")} for i in range(3)]
+    (tmp_path / "run0").mkdir()
+    (tmp_path / "run0" / "record.json").write_text("{}")
+    stop = threading.Event()
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("n", watch(jobs, stop, every=0.05)))
+    t.start()
+    (tmp_path / "run2").mkdir()
+    (tmp_path / "run2" / "record.json").write_text("{}")
+    stop.set()
+    t.join(5)
+    assert out["n"] == 2
+    assert "[sweep] runs finished" in capsys.readouterr().err

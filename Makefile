@@ -111,7 +111,7 @@ LAUNCH ?=
 endif
 export PYTHONUNBUFFERED := 1
 
-.PHONY: test help models reproduce-synthetic reproduce-robotics reproduce-fig13 bench-speed bench-trials data-mujoco data-mujoco-all
+.PHONY: test help models reproduce-synthetic reproduce-robotics reproduce-fig13 bench-speed bench-trials gpu-check gpu-wheels data-mujoco data-mujoco-all
 
 reproduce-%: $(STAMP)  ## a paper result: make reproduce-table2 (see the list below)
 	$(PY) -m benchmarks.reproduce experiment=$* profile=$(PROFILE) $(LAUNCH) $(ARGS)
@@ -123,6 +123,12 @@ reproduce-synthetic: reproduce-fig2 reproduce-fig4 reproduce-fig5 reproduce-fig5
 reproduce-robotics: reproduce-table1 reproduce-table2 reproduce-table6 reproduce-table7 reproduce-table8 reproduce-table9 reproduce-table10 ; @:  ## all of section III
 
 bench-speed: reproduce-speed ; @:  ## train-step times and mixer time vs length (results/speed/<PROFILE>/)
+gpu-wheels:  ## (where there is network) the wheels gpu-check installs on a GPU machine without network: .whl/
+	PY=$(PY) bash scripts/gpu_wheels.sh
+
+gpu-check:  ## (on a GPU machine, no venv needed) CUDA tests, Table I, speed, batched trials, Figure 2: results/gpu/
+	bash scripts/gpu_check.sh $(STEPS)
+
 bench-trials: reproduce-trial_batching ; @:  ## batched trials vs one by one, ms per trial-step at the Figure 2/4 sizes
 
 # make data-mujoco ENV=ant|halfcheetah|walker2d PROFILE=smoke|paper [AGENT=/path/to/ppo.zip]

@@ -93,3 +93,20 @@ def test_python_minor_is_pinned_everywhere():
     assert re.search(rf"^PY_MINOR := {re.escape(want)}$", makefile, flags=re.M)
     assert "%d.%d" % sys.version_info[:2] == want, (
         f"running Python {sys.version.split()[0]}, the project is pinned to {want} (make setup PYTHON=python{want})")
+
+
+def test_gpu_check_skips_every_cuda_step_with_the_reason_on_a_cpu(tmp_path):
+    """`make gpu-check` is meant for a GPU machine; on a CPU it installs nothing, runs nothing, says why."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, GPU_PY=sys.executable, FSB_RESULTS=str(tmp_path / "res"), FSB_PLOTS=str(tmp_path / "plots"))
+    env.pop("OUT", None)
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    for step in ("tests", "table1", "speed", "trials", "fig2"):
+        assert f"{step}: skipped: no CUDA device here" in p.stdout
+    bad = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "nonsense"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "valid: install tests table1 speed trials fig2" in bad.stdout

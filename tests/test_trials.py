@@ -163,3 +163,24 @@ def test_per_trial_clipping_is_torch_clipping_of_each_trial():
         assert torch.allclose(norms[i], n, rtol=1e-6)
         for p, q in zip(own, params):
             assert torch.allclose(p.grad, q.grad[i], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: batched trials on CUDA not exercised here")
+@pytest.mark.parametrize("model", ["stu", "stu_t", "s4d", "mamba2", "transformer"])
+def test_batched_trials_on_cuda_equal_one_by_one(tmp_path, model):
+    """The same equality on a GPU (where batch_trials=auto batches), each path's own kernels."""
+    from benchmarks.train import run
+
+    def go(root, *extra):
+        args = [f"model={model}", *TOKENS, f"paths.runs={root}", "progress=false", "device=cuda", *extra]
+        run(compose(args), model, "induction_heads", [a for a in args if not a.startswith("paths.")])
+
+    go(tmp_path / "b", "trial_batch=3", "batch_trials=auto")
+    for seed in range(3):
+        go(tmp_path / "o", f"seed={seed}")
+    batched = {r["seed"]: r for r in map(lambda p: json.loads(p.read_text()), (tmp_path / "b").rglob("record.json"))}
+    single = {r["seed"]: r for r in map(lambda p: json.loads(p.read_text()), (tmp_path / "o").rglob("record.json"))}
+    for seed in range(3):
+        assert batched[seed]["trials"]["mode"] == "batched"
+        for k, v in batched[seed]["final_metrics"].items():
+            assert math.isclose(v, single[seed]["final_metrics"][k], rel_tol=1e-3, abs_tol=1e-4), (k, v)

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# What only a GPU shows, in one script for a GPU machine with no network (`make gpu-check`):
+#   install   the wheels of .whl/ (make gpu-wheels, beforehand, where there is network) into /tmp/site
+#   tests     the CUDA fast paths against the plain paths (tests/test_gpu_paths.py) and batched
+#             trials on CUDA against one-by-one trials (tests/test_trials.py)
+#   table1    Table I's time per train step of the four robotics models on the GPU (paper profile)
+#   speed     the speed benchmark at the paper's sizes (mixer time vs length to 64K, bandwidth of
+#             the STU convolution, train steps), with a time budget
+#   trials    batched trials vs one by one on the GPU (make bench-trials)
+#   fig2      Figure 2 at the paper profile, each model's 16 trials batched (trial_batch=16)
+# Usage: bash scripts/gpu_check.sh [STEP ...]   (default: every step, in this order). Each step
+# writes its results with their records under results/gpu/ and plots/gpu/ (FSB_RESULTS/FSB_PLOTS),
+# its log under results/gpu/logs/, and, when $OUT is set (the device tool), everything is packed
+# into $OUT/gpu_check.tar.gz to be unpacked in the repository and committed. Without a CUDA device
+# every step is skipped with the reason (this is what CI and the tests see).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${GPU_PY:-python3}
+STEPS=("$@")
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(install tests table1 speed trials fig2)
+export FSB_RESULTS=${FSB_RESULTS:-$PWD/results/gpu} FSB_PLOTS=${FSB_PLOTS:-$PWD/plots/gpu}
+export FSB_RUNS=${FSB_RUNS:-/tmp/fsb_gpu_runs} FSB_OFFLINE=1 PYTHONUNBUFFERED=1
+LOGS=$FSB_RESULTS/logs
+mkdir -p "$LOGS"
+log() { echo "[gpu-check] $*" | tee -a "$LOGS/gpu_check.log"; }
+
+install() {
+  if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || { log "install: pip failed"; return 1; }
+    # mamba_ssm/__init__ imports the Mamba-1 CUDA extension even when only its Triton (Mamba-2)
+    # kernels are used; a stub lets the import succeed and fails loudly if Mamba-1's scan is called
+    [ -e /tmp/site/selective_scan_cuda.py ] || printf '%s\n' \
+      'def __getattr__(name):' \
+      '    raise ImportError("selective_scan_cuda was not built (MAMBA_SKIP_CUDA_BUILD): Mamba-1 scan unavailable")' \
+      > /tmp/site/selective_scan_cuda.py
+    log "install: $(ls .whl/*.whl | xargs -n1 basename | tr '\n' ' ')into /tmp/site"
+  else
+    log "install: no .whl/ folder (make gpu-wheels where there is network); using what is installed"
+  fi
+}
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+
+cuda() { "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; }
+run() {  # run <step> <command...>: its output to the step's log; a failure is logged, the next step goes on
+  local name=$1; shift
+  log "$name: $*"
+  local t0=$SECONDS
+  "$@" > "$LOGS/$name.log" 2>&1
+  local rc=$?
+  log "$name: exit $rc after $((SECONDS - t0)) s (log: results/gpu/logs/$name.log)"
+  tail -5 "$LOGS/$name.log"
+  return 0
+}
+pack() {
+  if [ -n "${OUT:-}" ]; then
+    tar -czf "$OUT/gpu_check.tar.gz" -C "$PWD" "$(realpath --relative-to="$PWD" "$FSB_RESULTS")" \
+      "$(realpath --relative-to="$PWD" "$FSB_PLOTS")" 2>/dev/null && log "packed into \$OUT/gpu_check.tar.gz"
+  fi
+}
+
+for step in "${STEPS[@]}"; do
+  case $step in
+    install) install; [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} ;;
+    tests|table1|speed|trials|fig2)
+      if ! cuda; then log "$step: skipped: no CUDA device here (torch.cuda.is_available() is False)"; continue; fi
+      case $step in
+        tests)  run tests "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_paths.py tests/test_trials.py -k "cuda or gpu or flash or mamba or fft" ;;
+        table1) run table1 "$PY" -m benchmarks.reproduce experiment=table1_timing profile=paper device=cuda ;;
+        speed)  run speed "$PY" -m benchmarks.reproduce experiment=speed profile=paper device=cuda \
+                  profile.speed.time_budget_s=${SPEED_BUDGET_S:-420} ;;
+        trials) run trials "$PY" -m benchmarks.reproduce experiment=trial_batching profile=paper device=cuda \
+                  trial_batching.steps=20 trial_batching.warmup=5 ;;
+        fig2)   run fig2 "$PY" -m benchmarks.reproduce experiment=fig2 profile=paper device=cuda trial_batch=16 \
+                  batch_trials=true progress=false checkpoint_every=1000 hydra/launcher=basic ;;
+      esac ;;
+    *) log "unknown step '$step'; valid: install tests table1 speed trials fig2"; exit 2 ;;
+  esac
+done
+pack
+exit 0

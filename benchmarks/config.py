@@ -177,6 +177,9 @@ def validate(cfg: DictConfig, task_name: str, device: str | None = None, dry_run
     from benchmarks.trials import batch_trials_setting
 
     batch_trials_setting(container.get("batch_trials", "auto"))
+    from benchmarks import trackers
+
+    trackers.check(cfg)
     require_int("eval_size", container.get("eval_size"))
     require_number("diverge_loss", container.get("diverge_loss"), positive=True)
     s = settings(cfg, task_name)

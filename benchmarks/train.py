@@ -36,7 +36,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import models
-from benchmarks import runs, trials
+from benchmarks import runs, trackers, trials
 from benchmarks.config import CONF_DIR, ConfigError, check_jobs, choice, identity, sweep_params, validate
 from benchmarks.loop import Schedule, evaluate, make_optimizer, resolve_device, resolve_dtype, to_device, train_step
 from benchmarks.records import atomic_write_csv, atomic_write_json, device_info, git_commit, package_versions, save_diff
@@ -222,6 +222,9 @@ def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, An
 
     status, reason = "ok", ""
     eval_seed = 10**6 + int(cfg.seed)
+    tracker = trackers.make(cfg, ident, model_name, task_name)
+    for point in curve:  # a resumed run's earlier points
+        tracker.log(point)
     t0 = time.perf_counter() - elapsed
     steps = int(s["steps"])
     bar = _bar(cfg, steps, start_step, f"{model_name}/{task_name}/seed{cfg.seed}")
@@ -250,6 +253,7 @@ def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, An
                 m = evaluate(model, task, cfg.eval_size, eval_seed, device, dtype)
                 curve.append({"step": step + 1, "train_loss": loss_val, **{f"eval_{k}": v for k, v in m.items()},
                               "wall_time_s": round(time.perf_counter() - t0, 3)})
+                tracker.log(curve[-1])
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
                 _checkpoint(out, model, opt.state_dict(), gen, curve, step + 1, time.perf_counter() - t0, step_time, fp)
     finally:
@@ -258,12 +262,13 @@ def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, An
     wall = time.perf_counter() - t0
     info = trial_info or trials.describe("one-by-one", [int(cfg.seed)])
     return _finish(cfg, model_name, task_name, ident, overrides, task, model, model_cfg, status, reason,
-                   steps_done, curve, wall, step_time / max(1, steps_done), info)
+                   steps_done, curve, wall, step_time / max(1, steps_done), info, tracker)
 
 
 def _finish(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, Any], overrides: list[str],
             task, model, model_cfg: dict, status: str, reason: str, steps_done: int, curve: list[dict],
-            wall: float, s_per_step: float, trial_info: dict[str, Any]) -> float:
+            wall: float, s_per_step: float, trial_info: dict[str, Any],
+            tracker: trackers.Tracker | None = None) -> float:
     """Final evaluation, record, curve and weights of one trained run; its primary value."""
     out: pathlib.Path = ident["dir"]
     device = resolve_device(cfg.device)
@@ -316,6 +321,8 @@ def _finish(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, A
                                 "seed": int(cfg.seed), "config_fingerprint": ident["fingerprint"]}, out / "model.pt")
         record["model_file"] = "model.pt"
     atomic_write_json(out / "record.json", record)  # the record last: its existence means "finished"
+    if tracker is not None:
+        tracker.finish(final, status)
     if (out / "checkpoint.pt").exists():
         (out / "checkpoint.pt").unlink()
     msg = f"[{status}] {out}: {primary}={primary_value:.4g} params={record['params']} wall={wall:.1f}s"
@@ -369,6 +376,10 @@ def _train_batched(cfg: DictConfig, model_name: str, task_name: str, todo: list[
 
     active = [True] * n
     status, reason, done_steps = ["ok"] * n, [""] * n, [start] * n
+    trackers_ = [trackers.make(m.cfg, m.ident, model_name, task_name) for m in todo]
+    for tr, c in zip(trackers_, curves):
+        for point in c:
+            tr.log(point)
     t0 = time.perf_counter() - elapsed
     bar = _bar(cfg, steps, start, f"{model_name}/{task_name}/seeds{todo[0].seed}-{todo[-1].seed}")
     eval_seeds = [10**6 + m.seed for m in todo]
@@ -404,6 +415,7 @@ def _train_batched(cfg: DictConfig, model_name: str, task_name: str, todo: list[
                         curves[i].append({"step": step + 1, "train_loss": vals[i],
                                           **{f"eval_{k}": v for k, v in m.items()},
                                           "wall_time_s": round(time.perf_counter() - t0, 3)})
+                        trackers_[i].log(curves[i][-1])
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
                 for i in range(n):
                     if active[i]:
@@ -424,7 +436,7 @@ def _train_batched(cfg: DictConfig, model_name: str, task_name: str, todo: list[
         # each trial's share of the batched step time
         values.append(_finish(m.cfg, model_name, task_name, m.ident, m.overrides, tasks_[i], mods[i],
                               built[i][2], status[i], reason[i], done_steps[i], curves[i], wall,
-                              step_time / batched_steps / n, info))
+                              step_time / batched_steps / n, info, trackers_[i]))
     return values
 
 

@@ -267,7 +267,7 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
                      _fmt(float(pm["loss_next"].mean())) if pm else "n/a",
                      _fmt(float(pm["loss_ar"].mean())) if pm else "n/a"])
     if base is not None:
-        rows.append(["No-change baseline x^_(t+1) = x_t (reference, not trained)", "0", _fmt(base["val"]), "-",
+        rows.append(["No-change baseline x̂_(t+1) = x_t (reference, not trained)", "0", _fmt(base["val"]), "-",
                      _fmt(base["next"]), _fmt(base["ar"])])
     checks = ordering_checks(paper, ours)
     held = sum(1 for c in checks if c[1])

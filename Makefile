@@ -111,7 +111,7 @@ LAUNCH ?=
 endif
 export PYTHONUNBUFFERED := 1
 
-.PHONY: test help models reproduce-synthetic reproduce-robotics reproduce-fig13 bench-speed bench-trials gpu-check gpu-wheels data-mujoco data-mujoco-all
+.PHONY: test help models reproduce-synthetic reproduce-robotics reproduce-fig13 bench-speed bench-trials gpu-check gpu-wheels results-page data-mujoco data-mujoco-all
 
 reproduce-%: $(STAMP)  ## a paper result: make reproduce-table2 (see the list below)
 	$(PY) -m benchmarks.reproduce experiment=$* profile=$(PROFILE) $(LAUNCH) $(ARGS)
@@ -128,6 +128,9 @@ gpu-wheels:  ## (where there is network) the wheels gpu-check installs on a GPU 
 
 gpu-check:  ## (on a GPU machine, no venv needed) CUDA tests, Table I, speed, batched trials, Figure 2: results/gpu/
 	bash scripts/gpu_check.sh $(STEPS)
+
+results-page: $(STAMP)  ## results/README.md: every committed result beside the paper, each claim's verdict, from the records
+	$(PY) -m benchmarks.results_page
 
 bench-trials: reproduce-trial_batching ; @:  ## batched trials vs one by one, ms per trial-step at the Figure 2/4 sizes
 

@@ -18,6 +18,7 @@ import pathlib
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from benchmarks import tables
@@ -128,9 +129,13 @@ def plot_prediction_losses(per_model: dict[str, dict[str, np.ndarray]], key: str
         curve = d[key]  # (runs x trajectories, P)
         mean = curve.mean(0)
         k = np.arange(1, len(mean) + 1)
-        ax.plot(k, mean, color=COLORS.get(model), lw=1.2, label=f"{_label(model)} (mean {mean.mean():.4g})")
+        # the raw per-step mean faint, a moving average (in log space, a 25th of the steps) on top
+        window = max(1, len(mean) // 25)
+        smooth = np.exp(pd.Series(np.log(np.maximum(mean, 1e-12))).rolling(window, center=True, min_periods=1).mean())
+        ax.plot(k, mean, color=COLORS.get(model), lw=0.6, alpha=0.25)
+        ax.plot(k, smooth, color=COLORS.get(model), lw=1.6, label=f"{_label(model)} (mean {mean.mean():.4g})")
     ax.set_yscale("log")
-    ax.set_xlabel("prediction step (time step t0 + k of the validation trajectories)")
+    ax.set_xlabel("prediction step k after t0 (faint: each step; bold: moving average)")
     ax.set_ylabel("loss 1/2 ||x^ - x||^2 (normalised states)")
     finish_plot(fig, ax, title, path)
 
@@ -153,9 +158,10 @@ def plot_feature(per_model: dict[str, dict[str, np.ndarray]], index: int, title:
         ax.set_xlabel("time step")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(ylabel)
-    axes[1].legend(fontsize=8, frameon=False)
+    handles, labels = axes[1].get_legend_handles_labels()  # one legend, outside both panels
+    fig.legend(handles, labels, fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(0.885, 0.5))
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

@@ -110,23 +110,9 @@ def gather(runs_root: pathlib.Path, experiment: str, fingerprints: set[str] | No
     ``fingerprints``, only those runs (a sweep's own, so older settings do not show)."""
     records = [r for r in read_records(runs_root / experiment)
                if fingerprints is None or r.get("config_fingerprint") in fingerprints]
-    for r in records:  # records from before setting fingerprints: one setting per model
-        r.setdefault("setting_fingerprint", f"model:{r.get('model')}")
-    labels = setting_labels(records)
-    rows, curves = [], []
+    runs = runs_frame(records)
+    curves = []
     for r in records:
-        fm = r.get("final_metrics", {})
-        rows.append({
-            "experiment": r.get("experiment"), "task": r.get("task"), "model": r.get("model"),
-            "setting": r["setting_fingerprint"], "label": labels[r["setting_fingerprint"]],
-            "seed": r.get("seed"), "status": r.get("status"), "steps": r.get("steps_done"),
-            "primary_metric": r.get("primary_metric"), "final": r.get("primary_value"),
-            **{f"final_{k}": v for k, v in fm.items()},
-            "params": r.get("params"), "wall_time_s": r.get("wall_time_s"), "s_per_step": r.get("s_per_step"),
-            "backends": r.get("backends"), "device": (r.get("device") or {}).get("gpu") or (r.get("device") or {}).get("cpu"),
-            "git_commit": r.get("git_commit"), "profile": r.get("profile"),
-            "fingerprint": r.get("config_fingerprint"), "run_dir": r.get("_dir"),
-        })
         cpath = pathlib.Path(r["_dir"]) / "curve.csv"
         if cpath.exists() and cpath.stat().st_size:
             try:
@@ -138,9 +124,32 @@ def gather(runs_root: pathlib.Path, experiment: str, fingerprints: set[str] | No
             c.insert(0, "setting", r["setting_fingerprint"])
             c.insert(0, "model", r.get("model"))
             curves.append(c)
-    runs = pd.DataFrame(rows)
     curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
     return runs, curves_df, records
+
+
+def runs_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per run record (setting, label, final metrics, cost, provenance): what
+    :func:`summarise` reads. Records from before setting fingerprints get one setting per model."""
+    for r in records:
+        r.setdefault("setting_fingerprint", f"model:{r.get('model')}")
+    labels = setting_labels(records)
+    rows = []
+    for r in records:
+        fm = r.get("final_metrics", {})
+        dev = r.get("device") or {}
+        rows.append({
+            "experiment": r.get("experiment"), "task": r.get("task"), "model": r.get("model"),
+            "setting": r["setting_fingerprint"], "label": labels[r["setting_fingerprint"]],
+            "seed": r.get("seed"), "status": r.get("status"), "steps": r.get("steps_done"),
+            "primary_metric": r.get("primary_metric"), "final": r.get("primary_value"),
+            **{f"final_{k}": v for k, v in fm.items()},
+            "params": r.get("params"), "wall_time_s": r.get("wall_time_s"), "s_per_step": r.get("s_per_step"),
+            "backends": r.get("backends"), "device": (dev.get("gpu") or dev.get("cpu")) if isinstance(dev, dict) else dev,
+            "git_commit": r.get("git_commit"), "profile": r.get("profile"),
+            "fingerprint": r.get("config_fingerprint"), "run_dir": r.get("_dir"),
+        })
+    return pd.DataFrame(rows)
 
 
 def _solved(values: pd.Series, rep: dict) -> pd.Series:
@@ -262,6 +271,26 @@ def plot(curves: pd.DataFrame, rep: dict, path: pathlib.Path, title: str, labels
     ax.set_xlabel("training step")
     ax.set_ylabel(metric.replace("eval_", "evaluation ").replace("_", " "))
     finish_plot(fig, ax, title, path)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: pathlib.Path, title: str | None = None, dpi: int | None = None) -> None:
+    """Suptitle (optional), tight layout, write the PNG (making its folder), close."""
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
 
 
 def finish_plot(fig, ax, title: str, path: pathlib.Path, legend_cols: int = 1) -> None:

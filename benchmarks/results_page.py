@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.records import REPO, atomic_write_text
-from benchmarks.report import LABELS, check_claims, experiment_report_config, plateau, summarise
+from benchmarks.report import LABELS, check_claims, experiment_report_config, plateau, runs_frame, summarise
 
 RESULTS = REPO / "results"
 PLOTS = REPO / "plots"
@@ -73,10 +73,7 @@ def curves_section(name: str, profile: str, folder: pathlib.Path) -> list[str]:
         return ["No records."]
     rep = experiment_report_config(name)
     rep.setdefault("metric", "eval_" + str(recs[0].get("primary_metric")))
-    runs = pd.DataFrame([{
-        "task": r.get("task"), "model": r.get("model"), "setting": r.get("setting_fingerprint") or f"model:{r.get('model')}",
-        "label": LABELS.get(r.get("model"), r.get("model")), "seed": r.get("seed"), "status": r.get("status"),
-        "final": r.get("primary_value"), "params": r.get("params"), "s_per_step": r.get("s_per_step")} for r in recs])
+    runs = runs_frame(recs)
     hib = bool(recs[0].get("higher_is_better", True))
     curves = pd.read_csv(folder / "curves.csv") if (folder / "curves.csv").exists() else pd.DataFrame()
     if not curves.empty and "setting" not in curves.columns:

@@ -227,13 +227,20 @@ def iter_records(root: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Every readable ``record.json`` under ``root`` (sorted by path) with ``_dir`` added; a corrupt
     one is reported with its path and skipped (the runner sets it aside when it reruns the run)."""
     for p in sorted(pathlib.Path(root).rglob("record.json")):
-        try:
-            rec = load_record(p)
-        except CorruptRecord as e:
-            print(f"warning: skipping {e}", file=sys.stderr)
-            continue
-        rec["_dir"] = str(p.parent)
-        yield rec
+        rec = _readable(p)
+        if rec is not None:
+            yield rec
+
+
+def _readable(path: pathlib.Path) -> dict[str, Any] | None:
+    """The record at ``path`` with ``_dir`` added, or None (a corrupt one is reported, not fatal)."""
+    try:
+        rec = load_record(path)
+    except CorruptRecord as e:
+        print(f"warning: skipping {e}", file=sys.stderr)
+        return None
+    rec["_dir"] = str(path.parent)
+    return rec
 
 
 def read_records(root: str | os.PathLike) -> list[dict[str, Any]]:
@@ -249,11 +256,7 @@ def sweep_records(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if j["fingerprint"] in seen or not path.exists():
             continue
         seen.add(j["fingerprint"])
-        try:
-            rec = load_record(path)
-        except CorruptRecord as e:
-            print(f"warning: skipping {e}", file=sys.stderr)
-            continue
-        rec["_dir"] = str(path.parent)
-        out.append(rec)
+        rec = _readable(path)
+        if rec is not None:
+            out.append(rec)
     return out

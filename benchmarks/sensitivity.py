@@ -126,10 +126,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _plot(results: dict[str, Any], figures: dict[str, Any], path: pathlib.Path, profile: str) -> None:
     """Per figure: each model's mean final metric under each variant (grouped bars; the number of
     solved trials above each bar)."""
-    import matplotlib
+    from benchmarks.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 3.8), squeeze=False)
     for ax, (name, res) in zip(axes[0], results.items()):
@@ -155,11 +154,7 @@ def _plot(results: dict[str, Any], figures: dict[str, Any], path: pathlib.Path, 
         metric = next((v.get("metric") for v in res["variants"].values() if v.get("metric")), "final metric")
         ax.set_ylabel(f"mean final {str(metric).replace('eval_', '')}")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="variant", title_fontsize=7)
-    fig.suptitle(f"Claims under each task variant ({profile} profile); labels: solved trials", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, f"Claims under each task variant ({profile} profile); labels: solved trials", dpi=120)
 
 
 main = hydra_entry(run)

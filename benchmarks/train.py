@@ -153,7 +153,7 @@ def _finished(out: pathlib.Path, ident: dict[str, Any], cfg: DictConfig) -> floa
     return None
 
 
-def _build(cfg: DictConfig, model_name: str, device, dtype):
+def build_run(cfg: DictConfig, model_name: str, device, dtype):
     """The trial's task and its freshly initialised model (``torch.manual_seed(seed)`` first)."""
     task = instantiate(cfg.task, _convert_="all")  # may make data: its RNG use never reaches ours
     torch.manual_seed(int(cfg.seed))
@@ -204,7 +204,7 @@ def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, An
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype)
-    task, model, model_cfg = _build(cfg, model_name, device, dtype)
+    task, model, model_cfg = build_run(cfg, model_name, device, dtype)
     opt = make_optimizer(model, s["optimizer"])
     sched = Schedule(opt, s["steps"], s["optimizer"])
     grad_clip = s["optimizer"].get("grad_clip")
@@ -339,7 +339,7 @@ def _train_batched(cfg: DictConfig, model_name: str, task_name: str, todo: list[
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype)
-    built = [_build(m.cfg, model_name, device, dtype) for m in todo]
+    built = [build_run(m.cfg, model_name, device, dtype) for m in todo]
     tasks_, mods = [b[0] for b in built], [b[1] for b in built]
     why = trials.why_not_batchable(mods[0])
     if why:
@@ -426,7 +426,7 @@ def _train_batched(cfg: DictConfig, model_name: str, task_name: str, todo: list[
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
-    batched_steps = max(1, max(done_steps) - 0)
+    batched_steps = max(1, max(done_steps))
     info = trials.describe("batched", seeds, "", batched_with=[m.seed for m in todo],
                            s_per_batched_step=round(step_time / batched_steps, 6))
     values = []

@@ -62,19 +62,12 @@ def _composed(exp: str, model: str, profile: str) -> tuple[DictConfig, str]:
 
 
 def _trials(exp: str, model: str, profile: str, n: int, device, dtype):
-    """N trials of ``model`` in experiment ``exp`` as the runner builds them."""
-    from hydra.utils import instantiate
+    """N trials of ``model`` in experiment ``exp``, built by the runner's own :func:`benchmarks.train.build_run`."""
+    from benchmarks.train import build_run
 
     cfg, task_name = _composed(exp, model, profile)
-    s = settings(cfg, task_name)
-    tasks_, mods = [], []
-    for seed in range(n):
-        c = trials.with_seed(cfg, seed)
-        tasks_.append(instantiate(c.task, _convert_="all"))
-        torch.manual_seed(seed)
-        mcfg = OmegaConf.to_container(c.model, resolve=True)
-        mods.append(models._instantiate(mcfg, model, **tasks_[-1].model_shapes()).to(device=device, dtype=dtype))
-    return tasks_, mods, s
+    built = [build_run(trials.with_seed(cfg, seed), model, device, dtype) for seed in range(n)]
+    return [b[0] for b in built], [b[1] for b in built], settings(cfg, task_name)
 
 
 def measure(exp: str, model: str, profile: str, n: int, steps: int, warmup: int, device, dtype) -> dict[str, Any]:
@@ -168,10 +161,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _plot(path: pathlib.Path, rows: list[dict[str, Any]], title: str) -> None:
-    import matplotlib
+    from benchmarks.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from benchmarks.report import COLORS, LABELS
 
@@ -186,11 +178,7 @@ def _plot(path: pathlib.Path, rows: list[dict[str, Any]], title: str) -> None:
         ax.set_title(f"{st}: {rs[0]['trials']} trials, batch {rs[0]['batch_size']}")
         ax.set_ylabel("speedup of batching (one by one / batched)")
         ax.tick_params(axis="x", rotation=30)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, title, dpi=120)
 
 
 main = hydra_entry(run)

@@ -108,9 +108,8 @@ class AssociativeRecall(Task):
             return self._sample_zoology(batch_size, generator)
         if self.layout == "safari":
             return self._sample_safari(batch_size, generator)
-        L, V, N, Q = self.seq_len, self.num_tokens, self.num_pairs, self.num_queries
-        keys = torch.rand(batch_size, V, generator=generator).argsort(-1)[:, :N]
-        values = torch.rand(batch_size, V, generator=generator).argsort(-1)[:, :N] + self.value_offset
+        L, N, Q = self.seq_len, self.num_pairs, self.num_queries
+        keys, values = self._pairs(batch_size, generator)
         inputs = torch.full((batch_size, L), self.blank_id, dtype=torch.long)
         start = L - 1 - 2 * N if self.layout == "adjacent" else 0
         inputs[:, start : start + 2 * N : 2] = keys
@@ -122,17 +121,27 @@ class AssociativeRecall(Task):
         region = L - 1 - 2 * N  # free slots 2N .. L-2
         extra = torch.rand(batch_size, region, generator=generator).argsort(-1)[:, : Q - 1] + 2 * N
         qpos = torch.cat([extra, torch.full((batch_size, 1), L - 1, dtype=torch.long)], dim=1)
+        return self._queried(inputs, qpos, qkeys, answers)
+
+    def _pairs(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """N distinct keys and N distinct values per sequence (uniform without replacement)."""
+        V, N = self.num_tokens, self.num_pairs
+        keys = torch.rand(batch_size, V, generator=generator).argsort(-1)[:, :N]
+        values = torch.rand(batch_size, V, generator=generator).argsort(-1)[:, :N] + self.value_offset
+        return keys, values
+
+    def _queried(self, inputs: torch.Tensor, qpos: torch.Tensor, qkeys: torch.Tensor, answers: torch.Tensor) -> Batch:
+        """The query keys written at positions ``qpos`` (B, Q); their values are the scored targets there."""
         inputs.scatter_(1, qpos, qkeys)
-        targets = torch.full((batch_size, L), self.blank_id, dtype=torch.long)
+        targets = torch.full_like(inputs, self.blank_id)
         targets.scatter_(1, qpos, answers)
-        mask = torch.zeros((batch_size, L), dtype=torch.bool)
+        mask = torch.zeros(inputs.shape, dtype=torch.bool)
         mask.scatter_(1, qpos, True)
         return Batch(inputs, targets, mask)
 
     def _sample_zoology(self, batch_size: int, generator: torch.Generator) -> Batch:
-        L, V, N = self.seq_len, self.num_tokens, self.num_pairs
-        keys = torch.rand(batch_size, V, generator=generator).argsort(-1)[:, :N]
-        values = torch.rand(batch_size, V, generator=generator).argsort(-1)[:, :N] + self.value_offset
+        L, N = self.seq_len, self.num_pairs
+        keys, values = self._pairs(batch_size, generator)
         inputs = torch.randint(0, self.vocab_size, (batch_size, L), generator=generator)  # random non-queries
         inputs[:, 0 : 2 * N : 2] = keys
         inputs[:, 1 : 2 * N : 2] = values
@@ -141,12 +150,7 @@ class AssociativeRecall(Task):
         p = a * torch.arange(1, space + 1, dtype=torch.float64) ** (a - 1)
         gaps = torch.multinomial((p / p.sum()).expand(batch_size, space), N, replacement=False, generator=generator)
         qpos = 2 * N + 2 * gaps  # query i asks for key i (all keys, each once)
-        inputs.scatter_(1, qpos, keys)
-        targets = torch.full((batch_size, L), self.blank_id, dtype=torch.long)
-        targets.scatter_(1, qpos, values)
-        mask = torch.zeros((batch_size, L), dtype=torch.bool)
-        mask.scatter_(1, qpos, True)
-        return Batch(inputs, targets, mask)
+        return self._queried(inputs, qpos, keys, values)
 
     def _sample_safari(self, batch_size: int, generator: torch.Generator) -> Batch:
         L, V, N = self.seq_len, self.num_tokens, self.num_pairs
@@ -160,12 +164,8 @@ class AssociativeRecall(Task):
         pick = torch.randint(0, n_ctx, (batch_size,), generator=generator)  # a key that occurs in the context
         qkey = ctx_keys[rows, pick]
         inputs[:, L - 2] = self.blank_id  # the separator
-        inputs[:, L - 1] = qkey
-        targets = torch.full((batch_size, L), self.blank_id, dtype=torch.long)
-        targets[:, L - 1] = mapping[rows, qkey]
-        mask = torch.zeros((batch_size, L), dtype=torch.bool)
-        mask[:, L - 1] = True
-        return Batch(inputs, targets, mask)
+        qpos = torch.full((batch_size, 1), L - 1, dtype=torch.long)
+        return self._queried(inputs, qpos, qkey[:, None], mapping[rows, qkey][:, None])
 
     def describe(self):
         out = super().describe()

@@ -85,26 +85,63 @@ def _profile_value(cfg: DictConfig, key: str, task_name: str):
     return table.get(task_name) if isinstance(table, DictConfig) else None
 
 
+def regime_settings(cfg: DictConfig, cls) -> dict[str, Any]:
+    """The training settings of the run's regime (``conf/regime/``) when its task follows regimes
+    (``uses_regime``: the MuJoCo tasks), else {}."""
+    if not getattr(cls, "uses_regime", False):
+        return {}
+    got = OmegaConf.select(cfg, "regime.settings")
+    return OmegaConf.to_container(got, resolve=True) if got is not None else {}
+
+
 def settings(cfg: DictConfig, task_name: str) -> dict[str, Any]:
-    """Steps, batch size, optimizer and evaluation settings of a run, after the profile's and the
-    task's defaults."""
+    """Steps, batch size, optimizer and evaluation settings of a run. Each comes from the first of:
+    the run's own config (command line, experiment), the regime (robotics tasks), the profile, the
+    task's defaults. ``epochs`` (regime) sets the steps to that many passes over the training data;
+    ``early_stopping`` evaluates ``evals`` times per run and stops after ``patience`` evaluations
+    without a new best."""
     cls = task_class(cfg.task)
+    reg = regime_settings(cfg, cls)
     steps = cfg.get("steps")
-    steps = steps if steps is not None else _profile_value(cfg, "steps", task_name)
-    steps = steps if steps is not None else cls.default_steps
+    epochs = None
+    if steps is None and reg.get("epochs") is not None:
+        epochs = reg["epochs"]
+        require_int("regime.settings.epochs", epochs)
     bs = cfg.get("batch_size")
+    bs = bs if bs is not None else reg.get("batch_size")
     bs = bs if bs is not None else _profile_value(cfg, "batch_size", task_name)
     bs = bs if bs is not None else cls.default_batch_size
+    if epochs is not None:
+        require_int("batch_size", bs)
+        try:
+            steps = int(epochs) * cls.steps_per_epoch_from_config(OmegaConf.to_container(cfg.task, resolve=True),
+                                                                  int(bs), cfg)
+        except (OSError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+    steps = steps if steps is not None else _profile_value(cfg, "steps", task_name)
+    steps = steps if steps is not None else cls.default_steps
     opt = dict(cls.default_optimizer)
+    opt.update(reg.get("optimizer") or {})
     opt.update({k: v for k, v in OmegaConf.to_container(cfg.optimizer, resolve=True).items() if v is not None})
     opt.setdefault("schedule", "constant")
     opt.setdefault("warmup_frac", 0.0)
     points = OmegaConf.select(cfg, "profile.curve_points", default=40) or 40
     require_int("steps", steps)
     require_int("profile.curve_points", points)
+    early = reg.get("early_stopping")
     every = cfg.get("eval_every")
+    if every is None and early:
+        require_int("regime.settings.early_stopping.evals", early.get("evals"))
+        every = max(1, int(steps) // int(early["evals"]))
     every = every if every is not None else max(1, int(steps) // int(points))
-    return {"steps": steps, "batch_size": bs, "optimizer": opt, "eval_every": every}
+    out = {"steps": steps, "batch_size": bs, "optimizer": opt, "eval_every": every}
+    if epochs is not None:
+        out["epochs"] = int(epochs)
+    if early:
+        require_int("regime.settings.early_stopping.patience", early.get("patience"))
+        out["early_stopping"] = {"patience": int(early["patience"]), "evals": int(early.get("evals") or 0),
+                                 "restore_best": bool(early.get("restore_best", True))}
+    return out
 
 
 # --------------------------------------------------------------------------------------- validation

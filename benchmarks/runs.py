@@ -42,6 +42,14 @@ NOT_NUMERIC = {"model", "task", "seed", "profile", "experiment", "paths", "progr
                "trials", "trial_batch", "batch_trials"}
 # Task fields that say where data live or how chatty they are, not what they are.
 TASK_NOT_NUMERIC = {"progress", "data_dir"}
+# Fields added after results were committed, at the value that computes what the runs computed before
+# they existed: left out of the spec while they have it, so those runs keep their fingerprints (and
+# folders). Any other value is in the spec as usual.
+LATE_DEFAULTS = {
+    "model": {"block_skip": False, "mlp_hidden": None},
+    "task": {"loss": "half_sq", "windows": "random", "sampling": "random", "eval_windows": "tile",
+             "normalisation": "train", "noise_units": "normalised", "noise_on": "train"},
+}
 
 
 # ----------------------------------------------------------------------------------- fingerprints
@@ -69,9 +77,17 @@ def run_spec(resolved: dict[str, Any]) -> dict[str, Any]:
     """What decides a run's numbers, from a resolved run config (``OmegaConf.to_container(cfg,
     resolve=True)`` plus the runner's ``settings``)."""
     task = {k: v for k, v in (resolved.get("task") or {}).items() if k not in TASK_NOT_NUMERIC}
-    return {"model": resolved.get("model"), "task": task, "settings": resolved.get("settings"),
+    model = resolved.get("model")
+    task = _without_late_defaults(task, "task")
+    model = _without_late_defaults(model, "model") if isinstance(model, dict) else model
+    return {"model": model, "task": task, "settings": resolved.get("settings"),
             "dtype": resolved.get("dtype"), "seed": resolved.get("seed"),
             "diverge_loss": resolved.get("diverge_loss")}
+
+
+def _without_late_defaults(cfg: dict[str, Any], part: str) -> dict[str, Any]:
+    late = LATE_DEFAULTS[part]
+    return {k: v for k, v in cfg.items() if not (k in late and v == late[k])}
 
 
 def setting_spec(spec: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import zlib
+import zlib
 import math
 import os
 import pathlib
@@ -384,6 +386,27 @@ def _fmt(v, digits=3) -> str:
     return str(v)
 
 
+_SHADE_MAPS = {"stu": "Blues", "stu_t": "Oranges", "s4d": "Greens", "mamba2": "Reds", "attention": "Purples",
+               "sliding_attention": "Greys"}
+
+
+def _family(label: str) -> str:
+    """The mixer a speed variant belongs to: its label up to the first '-' (``stu-kernel-freq`` -> stu)."""
+    return label.split("-", 1)[0]
+
+
+def _shades(family: str, n: int) -> list:
+    """``n`` distinguishable shades of the family's colour (darkest first); unknown families get tab10."""
+    import matplotlib
+
+    name = _SHADE_MAPS.get(family)
+    if name is None:
+        base = matplotlib.colormaps["tab10"](zlib.crc32(family.encode()) % 10)
+        return [base] * n
+    cmap = matplotlib.colormaps[name]
+    return [cmap(0.95 - 0.5 * i / max(1, n - 1)) if n > 1 else cmap(0.8) for i in range(n)]
+
+
 def make_plot(rows: list[dict[str, Any]], path: pathlib.Path, meta: dict[str, Any]) -> bool:
     import matplotlib
 
@@ -394,27 +417,48 @@ def make_plot(rows: list[dict[str, Any]], path: pathlib.Path, meta: dict[str, An
     if not mix:
         return False
     passes = [p for p in ("fwd", "fwd_bwd") if any(r["pass"] == p for r in mix)]
-    fig, axes = plt.subplots(1, len(passes), figsize=(7 * len(passes), 5.5), squeeze=False)
+    # One colour family per mixer (the model colours of every other figure: benchmarks.report.COLORS),
+    # one shade per implementation variant in it; the line style says the dtype, the marker compile.
+    families: dict[str, list[str]] = {}
+    for label in sorted({r["label"] for r in mix}):
+        families.setdefault(_family(label), []).append(label)
+    colour = {}
+    for fam, labels in families.items():
+        shades = _shades(fam, len(labels))
+        colour.update({label: shades[i] for i, label in enumerate(labels)})
+    fig, axes = plt.subplots(1, len(passes), figsize=(6.5 * len(passes) + 3.2, 5.5), squeeze=False)
     for ax, pas in zip(axes[0], passes):
         curves: dict[tuple, list[dict[str, Any]]] = {}
         for r in mix:
             if r["pass"] == pas:
                 curves.setdefault((r["label"], r["dtype"], r["compile"]), []).append(r)
-        for (label, dt, comp), rs in sorted(curves.items()):
+        for (label, dt, comp), rs in sorted(curves.items(), key=lambda kv: (_family(kv[0][0]), kv[0])):
             rs = sorted(rs, key=lambda r: int(r["seq_len"]))
             name = label + ("" if dt == "float32" else f" {dt}") + (" compiled" if comp else "")
             slope = rs[-1].get("slope")
             name += f" (slope {slope:.2f})" if isinstance(slope, float) else ""
-            style = "-" if label.startswith("stu") else "--"
-            ax.plot([int(r["seq_len"]) for r in rs], [float(r["time_ms"]) for r in rs], style, marker="o",
-                    ms=3, label=name)
+            ax.plot([int(r["seq_len"]) for r in rs], [float(r["time_ms"]) for r in rs],
+                    "-" if dt == "float32" else "--", marker="s" if comp else "o", ms=3, color=colour[label],
+                    label=name)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length")
         ax.set_ylabel("time (ms, median)")
         ax.set_title(f"mixer {'forward' if pas == 'fwd' else 'forward + backward'}")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+    # One legend beside the panels: every curve once (a curve may be in one panel only), with its
+    # fitted log-log slope in each panel.
+    entries: dict[str, Any] = {}
+    slopes: dict[str, list[str]] = {}
+    for ax, pas in zip(axes[0], passes):
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            key, _, slope = n.partition(" (slope ")
+            entries.setdefault(key, h)
+            if slope:
+                slopes.setdefault(key, []).append(f"{'fwd' if pas == 'fwd' else 'fwd+bwd'} {slope.rstrip(')')}")
+    names = [k + (f" (slope {', '.join(slopes[k])})" if k in slopes else "") for k in entries]
+    axes[0][-1].legend(list(entries.values()), names, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                       borderaxespad=0.0, title="mixer variant (line: dtype; marker: compiled)", title_fontsize=7)
     s = meta["settings"]["sweep"]
     fig.suptitle(f"{meta['device_name']} ({meta['device']}, {meta['threads']} threads), batch {s['batch']}, "
                  f"width {s['width']}; torch {meta['versions'].get('torch')}, commit {meta['git_commit'][:12]}, "

@@ -114,7 +114,11 @@ def _train_members(cfg: DictConfig, model_name: str, task_name: str, todo: list[
         return []
     device = resolve_device(cfg.device)
     reason = ""
-    if len(todo) > 1 and trials.wants_batching(cfg, device):
+    early = todo[0].ident["settings"].get("early_stopping")
+    if len(todo) > 1 and early and trials.wants_batching(cfg, device):
+        reason = "early stopping ends each trial at its own step"
+        _log(f"[trials] {model_name}: trained one by one ({reason})")
+    elif len(todo) > 1 and trials.wants_batching(cfg, device):
         got = _train_batched(cfg, model_name, task_name, todo, seeds)
         if isinstance(got, list):
             return got
@@ -181,10 +185,49 @@ def _load_checkpoint(out: pathlib.Path, fp: str, device) -> dict[str, Any] | Non
 
 
 def _checkpoint(out: pathlib.Path, model, opt_state: dict, gen: torch.Generator, curve, step: int,
-                elapsed: float, step_time: float, fp: str) -> None:
+                elapsed: float, step_time: float, fp: str, early: dict | None = None) -> None:
     runs.atomic_torch_save({"model": model.state_dict(), "optimizer": opt_state, "generator": gen.get_state(),
                             "curve": curve, "step": step, "elapsed": elapsed, "step_time": step_time,
-                            "config_fingerprint": fp}, out / "checkpoint.pt")
+                            "config_fingerprint": fp, **({"early_stopping": early} if early else {})},
+                           out / "checkpoint.pt")
+
+
+class EarlyStopping:
+    """The authors' early stopping (``regime.settings.early_stopping``): after each evaluation, a
+    lower validation value (the task's primary metric, lower is better) is the new best (its weights
+    kept), else one more evaluation without improvement; ``patience`` of those in a row end the run.
+    With ``restore_best`` the run ends with the best weights, so its final metrics are the best's."""
+
+    def __init__(self, spec: dict[str, Any], metric: str, higher_is_better: bool):
+        self.patience, self.restore_best = int(spec["patience"]), bool(spec.get("restore_best", True))
+        self.metric, self.sign = metric, (-1.0 if higher_is_better else 1.0)
+        self.best, self.best_step, self.bad, self.best_state, self.stopped_at = math.inf, None, 0, None, None
+
+    def update(self, value: float, step: int, model) -> bool:
+        """Record an evaluation at ``step`` (1-based); True when training should stop."""
+        v = self.sign * float(value)
+        if v < self.best:
+            self.best, self.best_step, self.bad = v, step, 0
+            self.best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        else:
+            self.bad += 1
+        if self.bad >= self.patience:
+            self.stopped_at = step
+            return True
+        return False
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "best_state": self.best_state,
+                "stopped_at": self.stopped_at}
+
+    def load(self, st: dict[str, Any]) -> None:
+        self.best, self.best_step, self.bad = st["best"], st["best_step"], st["bad"]
+        self.best_state, self.stopped_at = st["best_state"], st.get("stopped_at")
+
+    def summary(self) -> dict[str, Any]:
+        return {"patience": self.patience, "restore_best": self.restore_best, "metric": self.metric,
+                "best_step": self.best_step, "best_value": self.sign * self.best if self.best_step else None,
+                "stopped_early_at_step": self.stopped_at, "evaluations_without_improvement": self.bad}
 
 
 def _bar(cfg: DictConfig, total: int, initial: int, desc: str):
@@ -219,6 +262,10 @@ def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, An
         curve, start_step, elapsed = ck["curve"], ck["step"], ck["elapsed"]
         step_time = ck.get("step_time", 0.0)
         _log(f"[resume] {out} from step {start_step}")
+    early = EarlyStopping(s["early_stopping"], task.primary_metric, task.higher_is_better) \
+        if s.get("early_stopping") else None
+    if early is not None and ck is not None and ck.get("early_stopping"):
+        early.load(ck["early_stopping"])
 
     status, reason = "ok", ""
     eval_seed = 10**6 + int(cfg.seed)
@@ -254,21 +301,29 @@ def _train(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, An
                 curve.append({"step": step + 1, "train_loss": loss_val, **{f"eval_{k}": v for k, v in m.items()},
                               "wall_time_s": round(time.perf_counter() - t0, 3)})
                 tracker.log(curve[-1])
+                if early is not None and early.update(m[task.primary_metric], step + 1, model):
+                    _log(f"[early stop] {out}: no better {task.primary_metric} in {early.patience} evaluations; "
+                         f"stopped at step {step + 1}, best at step {early.best_step}")
+                    break
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
-                _checkpoint(out, model, opt.state_dict(), gen, curve, step + 1, time.perf_counter() - t0, step_time, fp)
+                _checkpoint(out, model, opt.state_dict(), gen, curve, step + 1, time.perf_counter() - t0, step_time, fp,
+                            early.state() if early is not None else None)
     finally:
         if bar is not None:
             bar.close()
+    if early is not None and status == "ok" and early.restore_best and early.best_state is not None:
+        model.load_state_dict(early.best_state)
     wall = time.perf_counter() - t0
     info = trial_info or trials.describe("one-by-one", [int(cfg.seed)])
     return _finish(cfg, model_name, task_name, ident, overrides, task, model, model_cfg, status, reason,
-                   steps_done, curve, wall, step_time / max(1, steps_done), info, tracker)
+                   steps_done, curve, wall, step_time / max(1, steps_done), info, tracker,
+                   early.summary() if early is not None else None)
 
 
 def _finish(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, Any], overrides: list[str],
             task, model, model_cfg: dict, status: str, reason: str, steps_done: int, curve: list[dict],
             wall: float, s_per_step: float, trial_info: dict[str, Any],
-            tracker: trackers.Tracker | None = None) -> float:
+            tracker: trackers.Tracker | None = None, early_stopping: dict[str, Any] | None = None) -> float:
     """Final evaluation, record, curve and weights of one trained run; its primary value."""
     out: pathlib.Path = ident["dir"]
     device = resolve_device(cfg.device)
@@ -301,6 +356,8 @@ def _finish(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, A
         "wall_time_s": round(wall, 3),
         "s_per_step": round(s_per_step, 6),
         "trials": trial_info,
+        **({"early_stopping": early_stopping} if early_stopping is not None else {}),
+        "regime": OmegaConf.select(cfg, "regime.name") if getattr(task, "uses_regime", False) else None,
         "git_commit": git_commit(),
         "versions": package_versions(),
         "device": device_info(device),

@@ -53,11 +53,15 @@ def _locate(path: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def _load(group: str, name: str) -> dict[str, Any]:
+def _load(group: str, name: str, regime: str = "ours") -> dict[str, Any]:
+    """The resolved config; the robotics models' ``${regime.model.*}`` fields resolve against
+    ``conf/regime/<regime>.yaml`` (the registry's view: the suite's own regime, ``ours``)."""
     valid = available_models() if group == "model" else available_mixers()
     if name not in valid:
         raise ValueError(f"unknown {group} {name!r}; valid {group}s: {', '.join(valid)}")
-    return OmegaConf.to_container(_read(group, name), resolve=True)
+    root = OmegaConf.create({"regime": OmegaConf.load(CONF_DIR / "regime" / f"{regime}.yaml").regime,
+                             "cfg": _read(group, name)})
+    return OmegaConf.to_container(root.cfg, resolve=True)
 
 
 def _instantiate(cfg: dict[str, Any], what: str, **fixed) -> nn.Module:

@@ -12,7 +12,9 @@ import path to a mixer class. ``mixer_options`` maps a mixer name to overrides o
 
 ``residual=False, norm="none", mlp="none", final_norm=False`` gives the paper's LDS model: input
 projection, one mixer, output projection, nothing else. ``global_skip=True`` (appendix C, robotics)
-adds the embedded input h0 to the output of every block.
+adds the embedded input h0 to the output of every block. ``block_skip=True`` (the STU block of the
+paper authors' robotics code, windsornguyen/spectral_ssm ``models/stu/model.py``) adds each block's
+input to its output once more: ``Block(h) = h + [h + mixer(norm(h)) + mlp(...)]``.
 """
 from __future__ import annotations
 
@@ -26,9 +28,9 @@ from models.blocks import MLP, MoE, make_norm
 
 class Block(nn.Module):
     def __init__(self, mixer: nn.Module, width: int, *, norm: str, mlp: str, mlp_hidden: int, moe: bool,
-                 num_experts: int, top_k: int, residual: bool):
+                 num_experts: int, top_k: int, residual: bool, block_skip: bool = False):
         super().__init__()
-        self.residual = residual
+        self.residual, self.block_skip = residual, block_skip
         self.norm1 = make_norm(norm, width)
         self.mixer = mixer
         if moe:
@@ -39,12 +41,13 @@ class Block(nn.Module):
             self.norm2, self.ff = None, None
 
     def forward(self, h):
+        z = h
         m = self.mixer(self.norm1(h))
         h = h + m if self.residual else m
         if self.ff is not None:
             f = self.ff(self.norm2(h))
             h = h + f if self.residual else f
-        return h
+        return h + z if self.block_skip else h
 
 
 class SequenceModel(nn.Module):
@@ -61,6 +64,7 @@ class SequenceModel(nn.Module):
         mixer_options: dict[str, dict[str, Any]] | None = None,
         mlp: str = "relu",
         mlp_scale: float = 4,
+        mlp_hidden: int | None = None,
         moe: bool = False,
         num_experts: int = 4,
         top_k: int = 2,
@@ -69,6 +73,7 @@ class SequenceModel(nn.Module):
         final_norm: bool = True,
         residual: bool = True,
         global_skip: bool = False,
+        block_skip: bool = False,
         tie_embeddings: bool = False,
     ):
         super().__init__()
@@ -93,11 +98,11 @@ class SequenceModel(nn.Module):
             self.embed = nn.Embedding(vocab_size, width)
         else:
             self.embed = nn.Linear(d_in, width)
-        hidden = max(1, int(round(mlp_scale * width)))
+        hidden = int(mlp_hidden) if mlp_hidden else max(1, int(round(mlp_scale * width)))
         self.blocks = nn.ModuleList(
             Block(build_mixer(name, width=width, seq_len=seq_len, **options.get(name, {})), width,
                   norm=norm, mlp=mlp, mlp_hidden=hidden, moe=moe, num_experts=num_experts,
-                  top_k=top_k, residual=residual)
+                  top_k=top_k, residual=residual, block_skip=block_skip)
             for name in self.mixer_names
         )
         self.norm = make_norm(norm if final_norm else "none", width)

@@ -6,7 +6,7 @@ PY_MINOR := 3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= test,mujoco,trackers
+EXTRAS ?= test,mujoco,trackers,lm
 LOCK := requirements.lock
 TORCH_VERSION := $(shell sed -n 's/^torch==\([^ ;]*\).*/\1/p' $(LOCK) 2>/dev/null)
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -67,11 +67,11 @@ $(STAMP): pyproject.toml $(LOCK) venv-check
 # pyproject.toml needs others; UPGRADE=1 re-resolves everything to the newest allowed versions.
 lock:  ## regenerate requirements.lock from pyproject.toml (keeps current pins; UPGRADE=1: newest)
 	@test -x $(LOCK_VENV)/bin/uv || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q uv==$(UV_VERSION); }
-	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --extra test --extra mujoco --extra trackers --python-version $(PY_MINOR) \
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --extra test --extra mujoco --extra trackers --extra lm --python-version $(PY_MINOR) \
 	  --python-platform x86_64-unknown-linux-gnu --no-header $(if $(UPGRADE),--upgrade) -q -o $(LOCK)
-	@{ echo "# Every package of 'pip install -e .[test,mujoco,trackers]', pinned: make setup installs with pip -c $(LOCK)."; \
+	@{ echo "# Every package of 'pip install -e .[test,mujoco,trackers,lm]', pinned: make setup installs with pip -c $(LOCK)."; \
 	   echo "# Regenerate with: make lock   (UPGRADE=1 for the newest versions pyproject.toml allows), i.e."; \
-	   echo "#   uv pip compile pyproject.toml --extra test --extra mujoco --extra trackers --python-version $(PY_MINOR) \\"; \
+	   echo "#   uv pip compile pyproject.toml --extra test --extra mujoco --extra trackers --extra lm --python-version $(PY_MINOR) \\"; \
 	   echo "#     --python-platform x86_64-unknown-linux-gnu --no-header [--upgrade] -o $(LOCK)   (uv $(UV_VERSION))"; \
 	   echo "# uv keeps the pins already in this file unless told to upgrade. The first pins were the versions"; \
 	   echo "# of the .venv the committed results were made with (its pip freeze, passed as -c)."; \

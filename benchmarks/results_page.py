@@ -13,7 +13,9 @@ each claim, recomputed here from the records (never copied from a hand-written t
 * robotics tables (``report.kind: robotics | ablation``): the table of ``table.md`` (ours beside
   the paper's numbers of ``benchmarks/paper_tables.yaml``) and its orderings line;
 * the other kinds (landscapes, filters, timings, speed, trial batching, sensitivity): their headline
-  numbers from ``record.json`` and links.
+  numbers from ``record.json`` and links;
+* under each profile, the experiment's commentary (``report.notes.<profile>`` of its YAML: what a
+  reader should take from the numbers, written by hand and shown as such).
 
 ``--check`` (used by the tests) exits 1 when the committed page differs from a fresh generation.
 """
@@ -181,6 +183,11 @@ def generate() -> str:
             else:
                 body = record_section(name, kind, f)
             lines += body + [""]
+            notes = (experiment_report_config(name).get("notes") or {}).get(profile) or []
+            if notes:
+                lines += [f"Commentary (written by hand in `conf/experiment/{name}.yaml`, `report.notes.{profile}`; "
+                          "the numbers above are generated):", ""]
+                lines += [f"- {n.strip()}" for n in notes] + [""]
             for p in _plots(name, profile):
                 lines += [f"![{name} {profile}]({p})", ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -5,6 +5,12 @@
 
 The file name is the name users type (``model=stu_t``). Adding a baseline: one mixer file under
 ``models/`` plus ``conf/mixer/<name>.yaml`` (and ``conf/model/<name>.yaml`` to train it alone).
+
+A model file with ``_large_: true`` (a registry key, never passed to the model) is paper-scale
+(the section IV language models: hundreds of millions of parameters): ``available_models()`` leaves
+it out, since the suite's per-model tests and sweeps build every listed model at its config size;
+``available_models(include_large=True)`` lists it and ``build_model`` builds it (on the ``meta``
+device under ``with torch.device("meta")`` to count its parameters without memory).
 """
 from __future__ import annotations
 
@@ -20,13 +26,28 @@ CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf"
 
 __all__ = [
     "build_model", "build_mixer", "available_models", "available_mixers", "model_config",
-    "backends", "param_groups", "count_params",
+    "backends", "param_groups", "count_params", "is_large",
 ]
 
 
-def available_models() -> list[str]:
-    """Names of ``conf/model/*.yaml`` (files starting with ``_`` are bases, not models)."""
-    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if not p.stem.startswith("_"))
+REGISTRY_KEYS = ("_large_",)  # keys of a conf/model file read by the registry, never passed to the model
+_LARGE_CACHE: dict = {}
+
+
+def is_large(name: str) -> bool:
+    """Whether ``conf/model/<name>.yaml`` says ``_large_: true`` (paper-scale; see the module doc)."""
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _LARGE_CACHE:
+        _LARGE_CACHE[key] = bool(OmegaConf.load(path).get("_large_", False))
+    return _LARGE_CACHE[key]
+
+
+def available_models(include_large: bool = False) -> list[str]:
+    """Names of ``conf/model/*.yaml`` (files starting with ``_`` are bases, not models); the
+    paper-scale ones (``_large_: true``) only with ``include_large``."""
+    names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if not p.stem.startswith("_"))
+    return names if include_large else [n for n in names if not is_large(n)]
 
 
 def available_mixers() -> list[str]:
@@ -56,16 +77,19 @@ def _locate(path: str):
 def _load(group: str, name: str, regime: str = "ours") -> dict[str, Any]:
     """The resolved config; the robotics models' ``${regime.model.*}`` fields resolve against
     ``conf/regime/<regime>.yaml`` (the registry's view: the suite's own regime, ``ours``)."""
-    valid = available_models() if group == "model" else available_mixers()
+    valid = available_models(include_large=True) if group == "model" else available_mixers()
     if name not in valid:
         raise ValueError(f"unknown {group} {name!r}; valid {group}s: {', '.join(valid)}")
     root = OmegaConf.create({"regime": OmegaConf.load(CONF_DIR / "regime" / f"{regime}.yaml").regime,
                              "cfg": _read(group, name)})
-    return OmegaConf.to_container(root.cfg, resolve=True)
+    cfg = OmegaConf.to_container(root.cfg, resolve=True)
+    for key in REGISTRY_KEYS:
+        cfg.pop(key, None)
+    return cfg
 
 
 def _instantiate(cfg: dict[str, Any], what: str, **fixed) -> nn.Module:
-    cfg = dict(cfg)
+    cfg = {k: v for k, v in cfg.items() if k not in REGISTRY_KEYS}  # e.g. a Hydra-composed cfg.model
     cls = _locate(cfg.pop("_target_"))
     accepted = inspect.signature(cls).parameters
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in accepted.values())

@@ -15,6 +15,15 @@ projection, one mixer, output projection, nothing else. ``global_skip=True`` (ap
 adds the embedded input h0 to the output of every block. ``block_skip=True`` (the STU block of the
 paper authors' robotics code, windsornguyen/spectral_ssm ``models/stu/model.py``) adds each block's
 input to its output once more: ``Block(h) = h + [h + mixer(norm(h)) + mlp(...)]``.
+
+Language-model options (section IV; all off by default): ``mlp_mixers`` names the mixers whose
+blocks have the MLP/MoE (the Mamba-2 hybrid: Mamba-2 blocks have none, attention blocks do);
+``mlp_bias=False`` drops the MLP biases (Table XI "Bias: No"); ``vocab_multiple=64`` rounds the
+embedding/head rows up to a multiple of 64 (NanoGPT's rounding, section IV): the extra rows are
+parameters (counted, as the paper counts them) that no token uses, and the logits are those of the
+``vocab_size`` real ids only (NanoGPT also computes logits for the padding ids, which its softmax
+then learns to push down); ``embed_init_std`` draws the token embedding (the head too, when tied)
+from N(0, std^2) instead of nn.Embedding's N(0, 1) (the authors' LM code: std = width^-0.5).
 """
 from __future__ import annotations
 
@@ -28,7 +37,7 @@ from models.blocks import MLP, MoE, make_norm
 
 class Block(nn.Module):
     def __init__(self, mixer: nn.Module, width: int, *, norm: str, mlp: str, mlp_hidden: int, moe: bool,
-                 num_experts: int, top_k: int, residual: bool, block_skip: bool = False):
+                 num_experts: int, top_k: int, residual: bool, block_skip: bool = False, mlp_bias: bool = True):
         super().__init__()
         self.residual, self.block_skip = residual, block_skip
         self.norm1 = make_norm(norm, width)
@@ -36,7 +45,7 @@ class Block(nn.Module):
         if moe:
             self.norm2, self.ff = make_norm(norm, width), MoE(width, mlp_hidden, num_experts, top_k)
         elif mlp != "none":
-            self.norm2, self.ff = make_norm(norm, width), MLP(width, mlp_hidden, mlp)
+            self.norm2, self.ff = make_norm(norm, width), MLP(width, mlp_hidden, mlp, bias=mlp_bias)
         else:
             self.norm2, self.ff = None, None
 
@@ -75,6 +84,10 @@ class SequenceModel(nn.Module):
         global_skip: bool = False,
         block_skip: bool = False,
         tie_embeddings: bool = False,
+        mlp_mixers: Sequence[str] | None = None,
+        mlp_bias: bool = True,
+        vocab_multiple: int = 1,
+        embed_init_std: float | None = None,
     ):
         super().__init__()
         from models import build_mixer  # late import: the registry imports this module
@@ -93,21 +106,37 @@ class SequenceModel(nn.Module):
         unknown = sorted(set(options) - set(mixers))
         if unknown:
             raise ValueError(f"mixer_options for {unknown}, which are not in mixers {mixers}")
+        if mlp_mixers is not None:
+            mlp_mixers = [mlp_mixers] if isinstance(mlp_mixers, str) else list(mlp_mixers)
+            unknown = sorted(set(mlp_mixers) - set(mixers))
+            if unknown:
+                raise ValueError(f"mlp_mixers names {unknown}, which are not in mixers {mixers}")
+        if int(vocab_multiple) < 1:
+            raise ValueError(f"vocab_multiple must be >= 1, got {vocab_multiple}")
+        self.vocab_size = vocab_size
+        self.padded_vocab = -(-vocab_size // int(vocab_multiple)) * int(vocab_multiple) if self.tokens else None
 
         if self.tokens:
-            self.embed = nn.Embedding(vocab_size, width)
+            self.embed = nn.Embedding(self.padded_vocab, width)
+            if embed_init_std is not None:
+                nn.init.normal_(self.embed.weight, std=float(embed_init_std))
         else:
             self.embed = nn.Linear(d_in, width)
         hidden = int(mlp_hidden) if mlp_hidden else max(1, int(round(mlp_scale * width)))
+
+        def has_ff(name):
+            return mlp_mixers is None or name in mlp_mixers
+
         self.blocks = nn.ModuleList(
             Block(build_mixer(name, width=width, seq_len=seq_len, **options.get(name, {})), width,
-                  norm=norm, mlp=mlp, mlp_hidden=hidden, moe=moe, num_experts=num_experts,
-                  top_k=top_k, residual=residual, block_skip=block_skip)
+                  norm=norm, mlp=mlp if has_ff(name) else "none", mlp_hidden=hidden,
+                  moe=moe and has_ff(name), num_experts=num_experts, top_k=top_k, residual=residual,
+                  block_skip=block_skip, mlp_bias=mlp_bias)
             for name in self.mixer_names
         )
         self.norm = make_norm(norm if final_norm else "none", width)
         if self.tokens:
-            self.head = nn.Linear(width, vocab_size, bias=False)
+            self.head = nn.Linear(width, self.padded_vocab, bias=False)
             if tie_embeddings:
                 self.head.weight = self.embed.weight
         else:
@@ -134,4 +163,6 @@ class SequenceModel(nn.Module):
             h = block(h)
             if self.global_skip:
                 h = h + h0
+        if self.tokens and self.padded_vocab != self.vocab_size:  # logits of the real ids only
+            return nn.functional.linear(self.norm(h), self.head.weight[: self.vocab_size])
         return self.head(self.norm(h))

@@ -9,6 +9,10 @@ with fixed filters phi_k (appendix A) and learned projections M+, M- of shape (K
 ``STUT`` is the tensordot approximation of eq. (3): each M_k is factored as
 M_k[d, o] = M_in[d, o] * M_filt[k, o], so the input is projected once (u M_in) and the filters are
 projected once (phi M_filt), leaving one depthwise convolution per output channel.
+
+``STUT(learnable_filters=True)`` makes the filters phi (seq_len, K) a parameter of the layer,
+initialised to the fixed spectral filters and then trained (the Flash STU language models: Table XI
+"Learnable Filters: Yes"; the paper authors' code wraps the filters in ``nn.Parameter``).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from models.spectral import (
     _flashfftconv_available,
@@ -30,6 +35,17 @@ from models.spectral import (
 )
 
 
+def filter_bank(seq_len: int, k: int, variant: str = "hankel") -> torch.Tensor:
+    """``(seq_len, k)`` float64: the k spectral filters of appendix A over ``seq_len`` taps.
+
+    A length-L Hankel matrix has only L eigenvectors, so for ``k > seq_len`` the filters past the
+    L-th are zero (the layer keeps its k filter projections; they act once the filters are learned).
+    For ``k <= seq_len`` this is :func:`spectral_filters` itself."""
+    n = min(int(k), int(seq_len))
+    phi = spectral_filters(seq_len, n, variant)
+    return F.pad(phi, (0, int(k) - n)) if n < k else phi
+
+
 class _Filters:
     """Per-module cache of the fixed filters in the dtype/device in use (not a parameter)."""
 
@@ -40,7 +56,7 @@ class _Filters:
     def get(self, dtype, device) -> torch.Tensor:
         key = (dtype, str(device))
         if key not in self._cache:
-            self._cache[key] = spectral_filters(self.seq_len, self.k, self.variant).to(device=device, dtype=dtype)
+            self._cache[key] = filter_bank(self.seq_len, self.k, self.variant).to(device=device, dtype=dtype)
         return self._cache[key]
 
 
@@ -165,6 +181,12 @@ class STUT(nn.Module):
     ``tied=True``: the public reference's form, one filter projection shared by both branches
         (u M_in convolved with phi M_filt and with its sign-alternated copy, then summed). The
         odd taps cancel, so its impulse response is exactly zero at every odd lag.
+        (windsornguyen/flash-stu ``flash_stu/modules/stu.py`` with ``use_approx``: parameters
+        ``M_inputs`` (d, d) and ``M_filters`` (K, d); ``utils/stu_utils.py`` ``convolve`` returns
+        conv(u M_in, phi M_filt) and (-1)^t conv((-1)^s u M_in, phi M_filt), summed.)
+    ``learnable_filters=True``: phi (seq_len, K) is the parameter ``phi`` of this layer, initialised
+        to the fixed filters (its own copy per layer); on the ``meta`` device it is left
+        uninitialised (counting parameters without computing an eigendecomposition).
     """
 
     def __init__(
@@ -177,11 +199,13 @@ class STUT(nn.Module):
         tied: bool = False,
         use_flashfftconv: bool = True,
         init_scale: float = 1.0,
+        learnable_filters: bool = False,
     ):
         super().__init__()
         self.width, self.seq_len, self.k = width, seq_len, num_filters
         self.use_minus = use_minus and filter_variant == "hankel"
         self.tied = tied
+        self.learnable_filters = learnable_filters
         self.use_flashfftconv = use_flashfftconv
         self.filters = _Filters(seq_len, num_filters, filter_variant)
         s_in = init_scale / math.sqrt(width)
@@ -191,11 +215,23 @@ class STUT(nn.Module):
         untied_minus = self.use_minus and not tied
         self.M_in_minus = nn.Parameter(torch.randn(width, width) * s_in) if untied_minus else None
         self.M_filt_minus = nn.Parameter(torch.randn(num_filters, width) * s_f) if untied_minus else None
+        self.phi = None
+        if learnable_filters:  # created last and without the RNG: the other parameters' draws are unchanged
+            phi = torch.empty(seq_len, num_filters)
+            if phi.device.type != "meta":
+                phi.copy_(filter_bank(seq_len, num_filters, filter_variant))
+            self.phi = nn.Parameter(phi)
         self.backend = "fft=torch"
+
+    def spectral_basis(self, L: int, dtype, device) -> torch.Tensor:
+        """The filters (L, K) in use: the learned ``phi`` or the fixed spectral filters."""
+        if self.phi is not None:
+            return self.phi[:L].to(dtype)
+        return self.filters.get(dtype, device)[:L]
 
     def channel_filters(self, L: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-output-channel filters (L, d_out) of the plus and (untied) minus branches."""
-        phi = self.filters.get(dtype, device)[:L]
+        phi = self.spectral_basis(L, dtype, device)
         sign = alternate_sign(L, dtype, device)[:, None]
         k_plus = phi @ self.M_filt_plus.to(dtype)
         if not self.use_minus:

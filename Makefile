@@ -111,12 +111,15 @@ LAUNCH ?=
 endif
 export PYTHONUNBUFFERED := 1
 
-.PHONY: test help models reproduce-synthetic reproduce-robotics reproduce-fig13 bench-speed bench-trials gpu-check gpu-wheels results-page data-mujoco data-mujoco-all
+.PHONY: test help models reproduce-synthetic reproduce-robotics reproduce-fig13 reproduce-lm bench-speed bench-trials gpu-check gpu-wheels results-page data-mujoco data-mujoco-all
 
 reproduce-%: $(STAMP)  ## a paper result: make reproduce-table2 (see the list below)
 	$(PY) -m benchmarks.reproduce experiment=$* profile=$(PROFILE) $(LAUNCH) $(ARGS)
 
 reproduce-fig13: reproduce-fig3 ; @:  ## Figure 13 is drawn with Figure 3
+
+reproduce-lm: $(STAMP)  ## section IV: data, the four language models (torchrun, 2 processes on a CPU), Tables IV/V, Figures 10/11
+	$(PY) -m lm.reproduce profile=$(PROFILE) $(ARGS)
 
 reproduce-synthetic: reproduce-fig2 reproduce-fig4 reproduce-fig5 reproduce-fig5_adjacent reproduce-fig5_zoology reproduce-fig5_safari reproduce-fig14 reproduce-fig14_copy4 reproduce-sensitivity ; @:  ## Figures 2, 4, 5, 14, their task variants and the sensitivity report
 

@@ -34,6 +34,7 @@ from benchmarks.config import CONF_DIR, REPO, ConfigError, check_jobs, compose, 
 
 KINDS = {"landscape": "benchmarks.landscape", "timing": "benchmarks.timing", "speed": "benchmarks.speed",
          "filters": "benchmarks.filters", "trial_batching": "benchmarks.trial_batching",
+         "sliding_window": "benchmarks.sliding_window",
          "sensitivity": "benchmarks.sensitivity"}
 
 

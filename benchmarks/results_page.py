@@ -190,7 +190,24 @@ def generate() -> str:
                 lines += [f"- {n.strip()}" for n in notes] + [""]
             for p in _plots(name, profile):
                 lines += [f"![{name} {profile}]({p})", ""]
+    lines += lm_sections()
     return "\n".join(lines).rstrip() + "\n"
+
+
+def lm_sections() -> list[str]:
+    """Section IV (``lm/reproduce.py`` writes ``results/lm/<profile>/table.md``): its table, beside the
+    paper's Table IV/V as references, and its figures."""
+    out: list[str] = []
+    for profile in ("smoke", "paper"):
+        folder = RESULTS / "lm" / profile
+        if not (folder / "table.md").exists():
+            continue
+        if not out:
+            out = ["## Section IV: language modelling, Tables IV/V and Figures 10/11 (`make reproduce-lm`)", ""]
+        out += [f"### {profile} profile", ""] + table_section(folder) + [""]
+        for p in _plots("lm", profile):
+            out += [f"![lm {profile}]({p})", ""]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import random
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+from conftest import tiny_lm_shards  # noqa: E402
 import torch
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install lm-eval==0.4.13: the [lm] extra)")
@@ -48,33 +48,9 @@ WORDS = ("the a is are what which how many where do does of in on to and sky blu
          "sun east west question answer paris france capital king queen").split()
 
 
-def _text(rng: random.Random, sentences: int) -> str:
-    return " ".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))).capitalize() + "."
-                    for _ in range(sentences))
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from lm.corpus import Local
-    from lm.remap import remap_shards
-    from lm.shards import ShardSettings, write_shards
-    from lm.tokenizer import get_encoding
-
-    try:
-        enc = get_encoding()
-    except Exception as e:  # noqa: BLE001 -- no cached ranks and no network
-        pytest.skip(f"the o200k_base tokenizer is not available offline here: {e}")
-    base = tmp_path_factory.mktemp("harness_data")
-    texts = base / "texts"
-    texts.mkdir()
-    rng = random.Random(0)
-    for i in range(20):
-        (texts / f"doc_{i:02d}.txt").write_text(_text(rng, 40), encoding="utf-8")
-    out = base / "shards"
-    write_shards(Local(texts), out, enc, ShardSettings(shard_tokens=8192, val_tokens=2048), progress=False,
-                 log=lambda *a: None)
-    remap_shards(out, log=lambda *a: None)
-    return out
+    return tiny_lm_shards(tmp_path_factory.mktemp("harness_data"), WORDS, docs=20, sentences=40, max_words=10)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_group
 
 from lm import reproduce as RP
 
@@ -75,16 +76,7 @@ def _env():
 
 def run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     """``python -m lm.reproduce args`` in its own session (on a timeout the whole group is killed)."""
-    cmd = [PY, "-m", "lm.reproduce", *args]
-    p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        raise AssertionError(f"{' '.join(cmd)} timed out after {timeout} s:\n{out[-3000:]}\n{err[-3000:]}") from None
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+    return run_group([PY, "-m", "lm.reproduce", *args], timeout, env=_env())
 
 
 def ok(r: subprocess.CompletedProcess) -> str:

@@ -15,12 +15,12 @@ import csv
 import json
 import os
 import pathlib
-import random
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import run_group as _run_group, tiny_lm_shards
 import torch
 
 from lm import checkpoint as C
@@ -42,36 +42,10 @@ WORDS = ("the king queen lord lady sword crown night day love death speak hear s
          "young war peace honour shame friend foe heart hand eye tongue time grief joy").split()
 
 
-def _text(rng: random.Random, sentences: int) -> str:
-    out = []
-    for _ in range(sentences):
-        out.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + ".")
-    return " ".join(out)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """A tiny remapped shard folder (lm.data's format): ~100 ids, 2,048 validation tokens."""
-    from lm.corpus import Local
-    from lm.remap import remap_shards
-    from lm.shards import ShardSettings, write_shards
-    from lm.tokenizer import get_encoding
-
-    try:
-        enc = get_encoding()
-    except Exception as e:  # noqa: BLE001 -- no cached ranks and no network
-        pytest.skip(f"the o200k_base tokenizer is not available offline here: {e}")
-    base = tmp_path_factory.mktemp("lm_data")
-    texts = base / "texts"
-    texts.mkdir()
-    rng = random.Random(0)
-    for i in range(40):
-        (texts / f"doc_{i:02d}.txt").write_text(_text(rng, 60), encoding="utf-8")
-    out = base / "shards"
-    write_shards(Local(texts), out, enc, ShardSettings(shard_tokens=8192, val_tokens=2048), progress=False,
-                 log=lambda *a: None)
-    remap_shards(out, log=lambda *a: None)
-    return out
+    return tiny_lm_shards(tmp_path_factory.mktemp("lm_data"), WORDS, docs=40, sentences=60, max_words=12)
 
 
 def _env():
@@ -82,18 +56,7 @@ def _env():
 
 
 def run_group(cmd, timeout: float, **kw) -> subprocess.CompletedProcess:
-    """``cmd`` in its own session; on a timeout the whole group (torchrun's workers too) is killed."""
-    import signal
-
-    p = subprocess.Popen(cmd, cwd=kw.pop("cwd", ROOT), env=kw.pop("env", _env()), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        raise AssertionError(f"{' '.join(cmd)} timed out after {timeout} s:\n{out[-3000:]}\n{err[-3000:]}") from None
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+    return _run_group(cmd, timeout, env=kw.pop("env", _env()), cwd=kw.pop("cwd", ROOT))
 
 
 def launch(nproc: int, runs: pathlib.Path, data: pathlib.Path, *extra: str, check: bool = True):

@@ -46,6 +46,15 @@ def filter_bank(seq_len: int, k: int, variant: str = "hankel") -> torch.Tensor:
     return F.pad(phi, (0, int(k) - n)) if n < k else phi
 
 
+def _check_filter_count(k: int, seq_len: int, learnable: bool = False) -> None:
+    """Fixed spectral filters need ``k <= seq_len``: a length-L Hankel matrix has only L eigenvectors,
+    so filters past the L-th would be zero and their projections dead weights. Learnable filters
+    (Flash STU) may start from zero columns."""
+    if not learnable and int(k) > int(seq_len):
+        raise ValueError(f"num_filters={k} > seq_len={seq_len}: a length-{seq_len} Hankel matrix has only "
+                         f"{seq_len} eigenvectors; use num_filters <= seq_len (or learnable_filters=true)")
+
+
 class _Filters:
     """Per-module cache of the fixed filters in the dtype/device in use (not a parameter)."""
 
@@ -102,6 +111,7 @@ class STU(nn.Module):
             raise ValueError(f"unknown STU form {form!r}; valid: auto, filters, kernel")
         if kernel_impl not in ("freq", "time"):
             raise ValueError(f"unknown STU kernel_impl {kernel_impl!r}; valid: freq, time")
+        _check_filter_count(num_filters, seq_len)
         self.width, self.seq_len, self.k = width, seq_len, num_filters
         self.form = form
         self.kernel_impl = kernel_impl
@@ -202,6 +212,7 @@ class STUT(nn.Module):
         learnable_filters: bool = False,
     ):
         super().__init__()
+        _check_filter_count(num_filters, seq_len, learnable_filters)
         self.width, self.seq_len, self.k = width, seq_len, num_filters
         self.use_minus = use_minus and filter_variant == "hankel"
         self.tied = tied

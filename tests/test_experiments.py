@@ -29,6 +29,8 @@ BY_KIND = {
     "trial_batching": ["trial_batching.steps=1", "trial_batching.warmup=0", "trial_batching.models=[stu,transformer_moe]",
                        "trial_batching.settings.fig2.trials=2", "trial_batching.settings.fig4.trials=2"],
     "sensitivity": [],
+    "sliding_window": ["sliding_window.width=32", "sliding_window.sizes.smoke.lengths=[64,128]",
+                       "sliding_window.sizes.smoke.warmup=0", "sliding_window.sizes.smoke.repeats=1"],
 }
 
 

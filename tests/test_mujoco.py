@@ -492,6 +492,18 @@ def test_committed_agent_that_does_not_match_its_record_is_not_used(tmp_path, of
     assert any("does not match its record" in m for m in msgs)
 
 
+def test_committed_agent_without_its_observation_statistics_is_not_used(tmp_path, offline, monkeypatch):
+    """An agent trained on VecNormalize'd observations acts on raw ones without its statistics file:
+    it is refused with the reason, and the chain goes on (here: a 128-step local agent)."""
+    files = _copy_committed(tmp_path)
+    monkeypatch.setattr(agents_mod, "COMMITTED_ROOT", files["root"])
+    files["vecnorm"].unlink()
+    msgs = []
+    agent = resolve_agent("halfcheetah", timesteps=128, seed=0, eval_episodes=1, profile="smoke", log=msgs.append)
+    assert agent.record["source"] == "local" and agent.record["reused"] is False
+    assert any("VecNormalize" in m and "is missing" in m and files["vecnorm"].name in m for m in msgs)
+
+
 def test_committed_agent_for_other_budget_or_seed_is_not_used(tmp_path, offline, monkeypatch):
     files = _copy_committed(tmp_path)
     monkeypatch.setattr(agents_mod, "COMMITTED_ROOT", files["root"])

@@ -416,6 +416,11 @@ def _committed_agent(spec: RobotSpec, profile: str, timesteps: int, seed: int, e
             f"{str(rec.get('sha256'))[:12]}...); not using it")
         return None
     vecnorm = paths["vecnorm"] if paths["vecnorm"].exists() else None
+    if vecnorm is None and "VecNormalize" in str(rec.get("obs_normalization", "")):
+        # trained on normalised observations: without its statistics it would act on raw ones
+        log(f"[agent] committed agent {where} was trained with {rec['obs_normalization']} but "
+            f"{_repo_relative(paths['vecnorm'])} is missing; not using it")
+        return None
     agent = load_sb3_agent(paths["zip"], spec, vecnorm)
     record = {k: v for k, v in rec.items() if k not in ("path", "vecnormalize", "source", "reused")}
     record.update({

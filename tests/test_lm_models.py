@@ -8,7 +8,7 @@ import torch
 
 import models
 from models.spectral import spectral_filters
-from models.stu import STUT, filter_bank
+from models.stu import STU, STUT, filter_bank
 
 O200K_IDS = 200_019            # tiktoken o200k_base
 PAPER_VOCAB = 200_064          # 200,019 rounded up to a multiple of 64 (Table XI)
@@ -137,15 +137,20 @@ def test_learnable_filters_start_at_the_spectral_filters_and_learn():
     assert big.phi.is_meta and tuple(big.phi.shape) == (8192, 24)
 
 
-def test_more_filters_than_taps_are_zero():
-    """A length-L Hankel matrix has L eigenvectors: filters past the L-th are zero (e.g. 24 filters on
-    the 16-token sequences of the suite's quick tests), where they used to be an error."""
+def test_more_filters_than_taps_are_zero_and_only_learnable_ones_may_have_them():
+    """A length-L Hankel matrix has L eigenvectors: filters past the L-th are zero. Learnable filters
+    (Flash STU: 24 filters on the 16-token sequences of the suite's quick tests) start from those
+    zero columns; fixed ones would keep dead projections, so such a layer is refused with the reason
+    (Table I's robotics STU with 16 filters in a window of 8 fails before any work)."""
     f = filter_bank(10, 24)
     assert f.shape == (10, 24) and torch.equal(f[:, :10], spectral_filters(10, 10)) and not f[:, 10:].any()
     assert torch.equal(filter_bank(30, 24), spectral_filters(30, 24))
-    for learnable in (False, True):
-        layer = STUT(4, 10, num_filters=24, tied=True, learnable_filters=learnable)
-        assert torch.isfinite(layer(torch.randn(2, 10, 4))).all()
+    layer = STUT(4, 10, num_filters=24, tied=True, learnable_filters=True)
+    assert torch.isfinite(layer(torch.randn(2, 10, 4))).all()
+    with pytest.raises(ValueError, match="num_filters=24 > seq_len=10.*only 10 eigenvectors"):
+        STUT(4, 10, num_filters=24, tied=True, learnable_filters=False)
+    with pytest.raises(ValueError, match="num_filters=24 > seq_len=10"):
+        STU(4, 10, num_filters=24)
 
 
 def test_vocabulary_rounding_keeps_the_real_logits():

@@ -396,6 +396,8 @@ def test_committed_agents_are_there():
     have = {(p.parts[-4], p.parts[-3]) for p in COMMITTED}
     want = {(e, p) for e in ROBOTS for p in ("smoke", "paper")}
     assert want <= have, f"missing committed agents: {sorted(want - have)}"
+    no_stats = [p.name for p in COMMITTED if not p.with_name(p.stem + "_vecnormalize.pkl").exists()]
+    assert not no_stats, f"committed agents without their VecNormalize statistics: {no_stats}"
 
 
 @pytest.mark.parametrize("record", COMMITTED, ids=lambda p: f"{p.parts[-4]}-{p.parts[-3]}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import pathlib
 import subprocess
+import threading
 import sys
 from typing import Any
 
@@ -52,7 +53,7 @@ def numeric_overrides(overrides: list[str]) -> list[str]:
     """The overrides that change what a declared result holds: its numbers or its sweep (not the
     experiment, profile, launcher, paths, threads, progress, ...)."""
     harmless = {"experiment", "profile", "paths", "progress", "threads", "device", "force", "checkpoint_every",
-                "save_model", "logger"}
+                "save_model", "logger", "evaluate"}
     run_over, _ = _split(overrides)
     return [o for o in run_over if o.split("=", 1)[0].lstrip("+~").split(".")[0].split("/")[0] not in harmless]
 
@@ -109,7 +110,15 @@ def evaluate(cfg, jobs: list[dict[str, Any]]) -> None:
     dev = resolve_device(cfg.device)
     threads = int(cfg.threads) if cfg.threads else (1 if dev.type == "cpu" else None)
     n_jobs = 1 if dev.type != "cpu" else max(1, min(2, os.cpu_count() or 1))
-    evaluation.evaluate_runs(records, n_pred, max_traj, str(dev), n_jobs, threads)
+    files = [evaluation.predictions_path(r, n_pred, max_traj) for r in records]
+    stop = threading.Event()
+    bar = threading.Thread(target=count_bar, args=(files, stop, "[eval] runs evaluated", "run"), daemon=True)
+    bar.start()
+    try:
+        evaluation.evaluate_runs(records, n_pred, max_traj, str(dev), n_jobs, threads)
+    finally:
+        stop.set()
+        bar.join(timeout=10)
     if records:
         if threads:
             torch.set_num_threads(threads)
@@ -119,7 +128,6 @@ def evaluate(cfg, jobs: list[dict[str, Any]]) -> None:
 def run_sweep(overrides: list[str], jobs: list[dict[str, Any]] | None = None) -> int:
     """The sweep through ``benchmarks.train -m`` (any launcher), with one overall progress bar of
     finished runs (:func:`watch`) beside the runs' own one-line messages."""
-    import threading
 
     cmd = [sys.executable, "-m", "benchmarks.train", "-m", *overrides]
     print("[reproduce] " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
@@ -135,22 +143,28 @@ def run_sweep(overrides: list[str], jobs: list[dict[str, Any]] | None = None) ->
 
 def watch(jobs: list[dict[str, Any]], stop, every: float | None = None) -> int:
     """Count the sweep's finished runs (a record in each distinct run folder) until ``stop`` is set,
-    as one progress bar: refreshed every ``every`` seconds (2 on a terminal, 30 in a log file) so
-    the elapsed time and the rate keep moving while a long run trains. Works under every launcher:
-    it reads the run folders, not the workers' output. Returns the number of finished runs."""
+    as one progress bar (:func:`count_bar`). Works under every launcher: it reads the run folders,
+    not the workers' output. Returns the number of finished runs."""
+    folders = list({j["fingerprint"]: pathlib.Path(j["dir"]) for j in jobs}.values())
+    return count_bar([f / "record.json" for f in folders], stop, "[sweep] runs finished", "run", every)
+
+
+def count_bar(files: list[pathlib.Path], stop, desc: str, unit: str, every: float | None = None) -> int:
+    """One progress bar of how many of ``files`` exist, until ``stop`` is set: refreshed every
+    ``every`` seconds (2 on a terminal, 30 in a log file) so the elapsed time and the rate keep
+    moving while a long step works. Returns how many exist at the end."""
     from tqdm.auto import tqdm
 
-    folders = list({j["fingerprint"]: pathlib.Path(j["dir"]) for j in jobs}.values())
-    if not folders:
+    if not files:
         stop.wait()
         return 0
 
     def finished() -> int:
-        return sum((f / "record.json").exists() for f in folders)
+        return sum(f.exists() for f in files)
 
     tty = sys.stderr.isatty()
     every = every if every is not None else (2.0 if tty else 30.0)
-    bar = tqdm(total=len(folders), initial=finished(), desc="[sweep] runs finished", unit="run", file=sys.stderr,
+    bar = tqdm(total=len(files), initial=finished(), desc=desc, unit=unit, file=sys.stderr,
                dynamic_ncols=True, mininterval=0 if tty else every, smoothing=0)
     while not stop.wait(every):
         n = finished()
@@ -209,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = OmegaConf.to_container(cfg.report, resolve=True) or {}
     paths = cfg.paths
     kind = rep.get("kind", "curves")
-    if kind == "robotics":
+    if kind == "robotics" and cfg.get("evaluate", True):
         evaluate(cfg, jobs)
     if kind in ("robotics", "ablation"):
         from benchmarks import robotics

@@ -217,7 +217,7 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
               results: pathlib.Path, plots: pathlib.Path, n_pred: int, max_traj: int | None) -> pathlib.Path:
     """Tables II / VI / VII with Figures 6-8 (16-18, 19-21) and 22/23, from records and the saved
     prediction evaluations (:mod:`benchmarks.evaluation`)."""
-    from benchmarks.evaluation import baseline_path, load_predictions
+    from benchmarks.evaluation import baseline_path, load_predictions, predictions_path
     from benchmarks.report import report
 
     records = [r for r in records if r.get("model") in ROBOTICS_MODELS]
@@ -232,7 +232,11 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
     per_model: dict[str, dict[str, np.ndarray]] = {}
     pred_rows, feat_rows = [], []
     ok = [r for r in records if r.get("status") == "ok"]
+    # runs whose prediction evaluation has not run yet (reproduce with evaluate=false, or stopped in it)
+    pending = [r for r in ok if not predictions_path(r, n_pred, max_traj).exists()]
     for r in ok:
+        if r in pending:
+            continue
         d = load_predictions(r, n_pred, max_traj)
         agg = per_model.setdefault(r["model"], {k: [] for k in ("loss_next", "loss_ar", "pred_next", "pred_ar", "true")})
         for k in agg:
@@ -299,12 +303,14 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
         div = sum(r.get("status") != "ok" for r in rs)
         v = _mean_sd(vals) + flag + (f" ({div} diverged)" if div else "")
         pm = per_model.get(m)
+        n_eval = sum(1 for r in rs if r.get("status") == "ok" and r not in pending)
+        part = "" if n_eval == len(vals) else f" ({n_eval} of {len(vals)} runs evaluated)"
         pv = paper.get(_label(m))
         rows.append([_label(m), f"{rs[0]['params']:,}", v, _fmt(pv),
                      f"{ours[m] / pv:.2f}x" if pv and math.isfinite(ours[m]) else "n/a",
                      _mean_sd([suite_unit(r) for r in rs if r.get("status") == "ok"]),
-                     _fmt(float(pm["loss_next"].mean())) if pm else "n/a",
-                     _fmt(float(pm["loss_ar"].mean())) if pm else "n/a"])
+                     _fmt(float(pm["loss_next"].mean())) + part if pm else "not evaluated yet",
+                     _fmt(float(pm["loss_ar"].mean())) + part if pm else "not evaluated yet"])
     if base is not None:
         rows.append(["No-change baseline x̂_(t+1) = x_t (reference, not trained)", "0", "-", "-", "-", _fmt(base["val"]),
                      _fmt(base["next"]), _fmt(base["ar"])])
@@ -319,13 +325,18 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
         f"computes it (`nn.MSELoss`, `utils/dataloader.py`); mean ± standard deviation over seeds. Paper: the value "
         f"printed in Table {table['roman']} (copied from `benchmarks/paper_tables.yaml`; a reference, not a result of "
         f"this suite). The suite's own unit, 1/2 ||x^_(t+1) - x_(t+1)||^2 per position on our normalisation, is beside it.",
+    ] + ([
         f"- Next-step / autoregressive (suite unit): {n_pred} predictions per validation trajectory starting at t0 = "
         f"{int(next(iter(per_model.values()))['t0']) if per_model else 'n/a'}, averaged over "
         f"{next(iter(per_model.values()))['true'].shape[0] if per_model else 0} trajectories per run. Autoregressive "
         "rollouts feed back their own state predictions and never see a ground-truth state after t0; actions are "
         "the recorded (ground-truth) actions, as exogenous inputs. The paper gives these only as figures "
-        f"({figures['next_step']}, {figures['autoregressive']}), so there is no paper column for them.",
-    ] + ([f"- {INEXACT_NOTE}"] if inexact else [])
+        f"({figures['next_step']}, {figures['autoregressive']}), so there is no paper column for them."] if per_model else []) + ([f"- {INEXACT_NOTE}"] if inexact else []) + ([
+        f"- Prediction evaluation: {len(ok) - len(pending)} of {len(ok)} runs evaluated so far (the next-step and "
+        f"autoregressive columns and Figures {figures['next_step']}/{figures['autoregressive']} use only those). "
+        f"`python -m benchmarks.reproduce experiment={exp} profile={profile}` evaluates the others (each "
+        f"evaluation is saved beside its run, so a stopped one resumes with the runs still missing): "
+        + ", ".join(f"`{_label(r['model'])}` seed {r['seed']}" for r in pending) + "."] if pending else [])
     md = [f"# {title}", ""] + notes + [""] + _md_table(header, rows) + [
         "", f"## The paper's orderings at this size ({held} of {len(checks)} pairwise orderings hold)", "",
         "Beyond the spread: the two means differ by more than the sum of the two seeds' standard deviations "
@@ -404,7 +415,12 @@ def ablation_table(exp: str, profile: str, spec: dict[str, Any], records: list[d
         f"- Our models are `conf/model/{table['model']}.yaml` with width/depth changed and the ablation sizes of "
         f"`conf/experiment/{exp}.yaml` (SwiGLU hidden size 128 at every width, no MoE: the sizes that reproduce the "
         "paper's printed parameter counts). Paper columns come from `benchmarks/paper_tables.yaml` (references).",
-    ] + ([f"- {INEXACT_NOTE}"] if inexact else [])
+    ] + ([f"- {INEXACT_NOTE}"] if inexact else []) + ([
+        f"- Prediction evaluation: {len(ok) - len(pending)} of {len(ok)} runs evaluated so far (the next-step and "
+        f"autoregressive columns and Figures {figures['next_step']}/{figures['autoregressive']} use only those). "
+        f"`python -m benchmarks.reproduce experiment={exp} profile={profile}` evaluates the others (each "
+        f"evaluation is saved beside its run, so a stopped one resumes with the runs still missing): "
+        + ", ".join(f"`{_label(r['model'])}` seed {r['seed']}" for r in pending) + "."] if pending else [])
     md = [f"# {title}", ""] + notes + [""] + _md_table(header, rows)
     md += ["", f"![training curves]({_rel(rep['plot'], results)})", ""] + _run_list(records)
     atomic_write_text(results / "table.md", "\n".join(md) + "\n")

@@ -1,0 +1,40 @@
+"""`evaluate=false`: a robotics table reported right after the sweep, naming the runs whose
+prediction evaluation is pending; the same command with `evaluate=true` evaluates only those."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from test_experiments import MUJOCO, ROOT, TRAIN
+
+pytest.importorskip("mujoco", reason="needs the [mujoco] extra")
+
+
+@pytest.mark.slow
+def test_report_before_the_evaluation_then_evaluate_the_rest(tmp_path):
+    env = dict(os.environ, FSB_RUNS=str(tmp_path / "runs"), FSB_RESULTS=str(tmp_path / "results"),
+               FSB_PLOTS=str(tmp_path / "plots"), FSB_DATA=str(tmp_path / "data"), FSB_OFFLINE="1",
+               PYTHONPATH=str(ROOT))
+    base = [sys.executable, "-m", "benchmarks.reproduce", "experiment=table2", "profile=smoke", "threads=1",
+            "progress=false", *TRAIN, *MUJOCO]
+
+    def run(*extra):
+        p = subprocess.run([*base, *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, p.stderr[-4000:]
+        return p, (tmp_path / "results" / "table2" / "smoke" / "table.md").read_text()
+
+    _, table = run("evaluate=false")
+    npz = sorted(pathlib.Path(tmp_path / "runs").rglob("predictions_*.npz"))
+    assert not npz, npz
+    assert "0 of 4 runs evaluated so far" in table and "`STU` seed 0" in table and "`STU-T` seed 0" in table
+    assert table.count("not evaluated yet") == 8  # next-step and autoregressive columns of the four models
+    assert "Validation MSE per feature" in table
+
+    p, table = run()
+    assert len(sorted(pathlib.Path(tmp_path / "runs").rglob("predictions_*.npz"))) == 4
+    assert "not evaluated yet" not in table and "runs evaluated so far" not in table
+    assert "[eval] runs evaluated" in p.stderr  # the evaluation's overall progress bar

@@ -415,12 +415,7 @@ def ablation_table(exp: str, profile: str, spec: dict[str, Any], records: list[d
         f"- Our models are `conf/model/{table['model']}.yaml` with width/depth changed and the ablation sizes of "
         f"`conf/experiment/{exp}.yaml` (SwiGLU hidden size 128 at every width, no MoE: the sizes that reproduce the "
         "paper's printed parameter counts). Paper columns come from `benchmarks/paper_tables.yaml` (references).",
-    ] + ([f"- {INEXACT_NOTE}"] if inexact else []) + ([
-        f"- Prediction evaluation: {len(ok) - len(pending)} of {len(ok)} runs evaluated so far (the next-step and "
-        f"autoregressive columns and Figures {figures['next_step']}/{figures['autoregressive']} use only those). "
-        f"`python -m benchmarks.reproduce experiment={exp} profile={profile}` evaluates the others (each "
-        f"evaluation is saved beside its run, so a stopped one resumes with the runs still missing): "
-        + ", ".join(f"`{_label(r['model'])}` seed {r['seed']}" for r in pending) + "."] if pending else [])
+    ] + ([f"- {INEXACT_NOTE}"] if inexact else [])
     md = [f"# {title}", ""] + notes + [""] + _md_table(header, rows)
     md += ["", f"![training curves]({_rel(rep['plot'], results)})", ""] + _run_list(records)
     atomic_write_text(results / "table.md", "\n".join(md) + "\n")

@@ -258,7 +258,10 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
 
     import pandas as pd
 
-    atomic_write_text(out_dir / "predictions.csv", pd.DataFrame(pred_rows).to_csv(index=False))
+    if pred_rows:  # no file of headers alone while every evaluation is pending
+        atomic_write_text(out_dir / "predictions.csv", pd.DataFrame(pred_rows).to_csv(index=False))
+    else:
+        (out_dir / "predictions.csv").unlink(missing_ok=True)
     figs: dict[str, pathlib.Path] = {"training": rep["plot"]}
     if per_model:
         n_traj = next(iter(per_model.values()))["true"].shape[0]

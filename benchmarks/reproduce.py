@@ -10,7 +10,9 @@ The arguments are Hydra overrides of ``conf/train.yaml`` (parsed by Hydra's own 
 
 1. every job of the sweep is composed and checked (sizes, names, dtypes, a dry run of each model)
    before anything runs or any file is written;
-2. data the tasks need are made once, here, before the runs start (MuJoCo trajectories);
+2. data the tasks need are made once, here, before the runs start (MuJoCo trajectories), and the
+   folders of runs already finished in the committed ``results/<E>/<profile>/`` are written back
+   from its records (``benchmarks.restore``), so a fresh clone resumes instead of retraining them;
 3. the sweep runs through ``python -m benchmarks.train -m`` with the given launcher (finished runs
    are skipped, runs claimed by another process are left to it);
 4. evaluations that need the trained weights run beside each run (``benchmarks.evaluation``);
@@ -67,7 +69,11 @@ def plan(overrides: list[str]) -> tuple[Any, list[dict[str, Any]]]:
         raise ConfigError(f"name the result: experiment=<name>; valid: {', '.join(experiments())}")
     if names[-1] not in experiments():
         raise ConfigError(f"unknown experiment {names[-1]!r}; valid: {', '.join(experiments())}")
-    cfg = compose(run_over, return_hydra_config=True)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(run_over)
+    # a sweep on the command line (model=stu,transformer) replaces the file's; the jobs expand it
+    cfg = compose([o for o, p in zip(run_over, parsed) if not p.is_sweep_override()], return_hydra_config=True)
     if cfg.kind != "train":
         return cfg, []
     jobs = check_jobs(sweep_params(cfg), run_over)
@@ -215,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[reproduce] {name} at profile {profile}: {len(jobs)} job(s), {len(distinct)} distinct run(s), "
           f"all checked", file=sys.stderr, flush=True)
     prepare_data(jobs)
+    from benchmarks.restore import restore
+
+    restore(jobs, pathlib.Path(str(cfg.paths.results)) / name / profile, force=bool(cfg.get("force")))
     code = run_sweep(argv, jobs)
     if code:
         print(f"error: the sweep exited with {code}; finished runs are kept, rerun the same command to resume",

@@ -1,7 +1,9 @@
 """Evaluations of trained runs that need the model: next-step and autoregressive predictions on the
 validation trajectories of a MuJoCo task (Figures 7/8, 17/18, 20/21, 22/23), and the no-change
-reference predictor. Each writes its result beside the run (``predictions_P<P>_n<N>.npz``) or, for the
-reference, beside the experiment's runs; the reports read those files and never build a model.
+reference predictor. Each writes its result beside the run (``evaluation_P<P>_n<N>.npz``: the
+per-step losses and the first predictions averaged over the trajectories, :func:`summarise`; the
+report commits a copy to ``results/<E>/<profile>/evaluations/``) or, for the reference, beside the
+experiment's runs; the reports read those files and never build a model.
 
 Prediction evaluation: on each validation trajectory (T = 1000 steps) the model makes ``P`` = 500
 predictions of ``x_{t+1}`` for ``t = t0, ..., t0+P-1`` with ``t0 = min(context-1, T-P)`` (the earliest
@@ -140,8 +142,29 @@ def task_of(record: dict[str, Any]):
     return _TASKS[key]
 
 
+FEATURE_STEPS = 50  # the paper plots the first 50 predictions of a feature (Figures 22/23)
+SUMMARY_KEYS = ("loss_next", "loss_ar", "pred_next", "pred_ar", "true")
+
+
 def predictions_path(record: dict[str, Any], n_pred: int, max_traj: int | None) -> pathlib.Path:
-    return pathlib.Path(record["_dir"]) / f"predictions_P{n_pred}_n{max_traj if max_traj is not None else 'all'}.npz"
+    """The run's saved evaluation (:func:`summarise`), beside its record."""
+    return pathlib.Path(record["_dir"]) / f"evaluation_P{n_pred}_n{max_traj if max_traj is not None else 'all'}.npz"
+
+
+def summarise(out: dict[str, np.ndarray], steps: int = FEATURE_STEPS) -> dict[str, np.ndarray]:
+    """What the reports use of :func:`prediction_losses`, small enough to commit (tens of kB): the
+    per-step losses and the first ``steps`` predicted and true states, each averaged over the
+    trajectories in float64 and kept with a leading axis of one row (runs stack along it), plus
+    ``t0``, the number of trajectories and their seeds."""
+    n = min(int(steps), out["true"].shape[1])
+    got = {k: np.asarray(out[k], dtype=np.float64) for k in SUMMARY_KEYS}
+    summary = {k: got[k].mean(0, keepdims=True) for k in ("loss_next", "loss_ar")}
+    summary.update({k: got[k][:, :n].mean(0, keepdims=True) for k in ("pred_next", "pred_ar", "true")})
+    summary.update({"t0": np.asarray(out["t0"]), "n_traj": np.array(out["true"].shape[0]),
+                    "seeds": np.asarray(out["seeds"])})
+    if "eval_seconds" in out:
+        summary["eval_seconds"] = np.asarray(out["eval_seconds"])
+    return summary
 
 
 def load_predictions(record: dict[str, Any], n_pred: int, max_traj: int | None) -> dict[str, np.ndarray]:
@@ -155,20 +178,28 @@ def load_predictions(record: dict[str, Any], n_pred: int, max_traj: int | None) 
 
 
 def evaluate_run(record: dict[str, Any], n_pred: int, max_traj: int | None, device="cpu") -> dict[str, np.ndarray]:
-    """Prediction losses of one finished run, cached in its folder beside ``model.pt``."""
+    """The prediction evaluation of one finished run (:func:`summarise` of :func:`prediction_losses`),
+    saved in its folder beside ``model.pt``. A run restored from committed results has its saved
+    evaluation and no weights (``benchmarks.restore``): that evaluation is used as it is."""
     rdir = pathlib.Path(record["_dir"])
     cache = predictions_path(record, n_pred, max_traj)
     mpath = rdir / "model.pt"
     if not mpath.exists():
-        raise SystemExit(f"{mpath} is missing: the run was made without save_model=true (rerun it with force=true)")
+        if cache.exists() and (rdir / "restored.json").exists():
+            with np.load(cache) as z:
+                return {k: z[k] for k in z.files}
+        why = ("it was restored from committed results, which keep its evaluation at other settings but not its "
+               "weights" if (rdir / "restored.json").exists() else "the run was made without save_model=true")
+        raise SystemExit(f"{mpath} is missing: {why} (train it again with force=true)")
     if cache.exists() and cache.stat().st_mtime >= mpath.stat().st_mtime:
         with np.load(cache) as z:
             return {k: z[k] for k in z.files}
     t = time.perf_counter()
     model = load_trained(rdir, device)
-    out = prediction_losses(model, task_of(record), n_pred, max_traj, device)
-    out["eval_seconds"] = np.array(time.perf_counter() - t)
-    save_npz(cache, out)
+    full = prediction_losses(model, task_of(record), n_pred, max_traj, device)
+    full["eval_seconds"] = np.array(time.perf_counter() - t)
+    out = summarise(full)
+    save_npz(cache, out, compressed=True)
     print(f"[eval] {rdir}: next-step {out['loss_next'].mean():.4g}, autoregressive {out['loss_ar'].mean():.4g} "
           f"({float(out['eval_seconds']):.1f}s)", file=sys.stderr)
     return out
@@ -198,8 +229,9 @@ def evaluate_runs(records: list[dict[str, Any]], n_pred: int, max_traj: int | No
             f.result()
 
 
-def save_npz(path: pathlib.Path, arrays: dict[str, Any]) -> None:
-    """``np.savez`` to a unique temporary name in the same folder, then rename."""
+def save_npz(path: pathlib.Path, arrays: dict[str, Any], compressed: bool = False) -> None:
+    """``np.savez`` (``np.savez_compressed`` with ``compressed``) to a unique temporary name in the
+    same folder, then rename."""
     import tempfile
 
     path = pathlib.Path(path)
@@ -207,7 +239,7 @@ def save_npz(path: pathlib.Path, arrays: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
     os.close(fd)
     try:
-        np.savez(tmp, **arrays)
+        (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

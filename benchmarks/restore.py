@@ -10,17 +10,23 @@ commit, device and wall time are those of the machine that trained it), ``curve.
 ``restored.json`` saying where they came from. The runner then skips the run as finished, and the
 report regenerates the committed files from the same records.
 
+Runs that keep their weights (``save_model``: the robotics runs) are restored only with their
+committed prediction evaluation (``evaluations/<folder>/evaluation_P<P>_n<N>.npz``, written by the
+robotics report), since ``model.pt`` is not committed; one without it is trained again.
+
 A record is restored only when it is exactly this job's: the fingerprint recomputed from its stored
 spec must be the job's fingerprint (a record whose spec no longer hashes to it, e.g. after a change of
-what a run computes, is left alone and the run trains again). Not restored: runs that keep their
-weights (``save_model``: the robotics runs, whose predictions need ``model.pt``, which is not
-committed), runs without their curve rows, and anything under ``force=true``.
+what a run computes, is left alone and the run trains again). Not restored: runs without their curve
+rows, runs that keep their weights but have no committed evaluation, and anything under
+``force=true``.
 """
 from __future__ import annotations
 
 import io
 import json
+import os
 import pathlib
+import shutil
 import sys
 from typing import Any
 
@@ -99,15 +105,22 @@ def restore(jobs: list[dict[str, Any]], results_dir: pathlib.Path, force: bool =
     commit = git_commit()
     for fp, rec in hits.items():
         job = wanted[fp]
-        if (rec.get("config") or {}).get("save_model") or job["cfg"].get("save_model"):
-            skipped["keeps its weights (model.pt is not committed)"] = skipped.get(
-                "keeps its weights (model.pt is not committed)", 0) + 1
+        folder = pathlib.Path(job["dir"])
+        evaluations = sorted((results_dir / "evaluations" / folder.name).glob("*.npz"))
+        keeps_weights = (rec.get("config") or {}).get("save_model") or job["cfg"].get("save_model")
+        if keeps_weights and not evaluations:
+            why = "keeps its weights for an evaluation that is not committed (model.pt is not)"
+            skipped[why] = skipped.get(why, 0) + 1
             continue
         curve = curves.get((str(rec.get("model")), str(rec.get("setting_fingerprint")), str(rec.get("seed"))))
         if curve is None:
             skipped["no curve rows in curves.csv"] = skipped.get("no curve rows in curves.csv", 0) + 1
             continue
-        folder = pathlib.Path(job["dir"])
+        for ev in evaluations if keeps_weights else []:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{ev.name}.restoring.tmp"  # copy, then an atomic rename
+            shutil.copyfile(ev, tmp)
+            os.replace(tmp, folder / ev.name)
         diff = rec.get("git_diff")
         if diff:
             src = results_dir / "diffs" / f"{folder.name}.diff"

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ import pandas as pd
 import yaml
 
 from benchmarks import tables
+from benchmarks.evaluation import FEATURE_STEPS  # the paper plots the first 50 predictions
 from benchmarks.records import REPO, atomic_write_text
 from benchmarks.runs import sweep_records
 
@@ -29,8 +31,6 @@ PAPER_FILE = REPO / "benchmarks" / "paper_tables.yaml"
 PAPER_NAMES = {"robotics_stu": "STU", "robotics_stu_t": "STU-T", "robotics_transformer": "Transformer",
                "robotics_mamba2": "Mamba-2"}
 ROBOTICS_MODELS = list(PAPER_NAMES)
-
-FEATURE_STEPS = 50  # the paper plots 50 time steps
 
 
 def paper_tables() -> dict[str, Any]:
@@ -151,7 +151,7 @@ def plot_prediction_losses(per_model: dict[str, dict[str, np.ndarray]], key: str
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
     for model, d in per_model.items():
-        curve = d[key]  # (runs x trajectories, P)
+        curve = d[key]  # (runs, P): each run's mean over its trajectories
         mean = curve.mean(0)
         k = np.arange(1, len(mean) + 1)
         # the raw per-step mean faint, a moving average (in log space, a 25th of the steps) on top
@@ -234,14 +234,22 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
     ok = [r for r in records if r.get("status") == "ok"]
     # runs whose prediction evaluation has not run yet (reproduce with evaluate=false, or stopped in it)
     pending = [r for r in ok if not predictions_path(r, n_pred, max_traj).exists()]
+    kept = set()
     for r in ok:
         if r in pending:
             continue
         d = load_predictions(r, n_pred, max_traj)
+        # a copy beside the committed records, so a fresh clone restores the evaluated run (benchmarks.restore)
+        src = predictions_path(r, n_pred, max_traj)
+        dst = out_dir / "evaluations" / pathlib.Path(r["_dir"]).name / src.name
+        if not dst.exists() or dst.read_bytes() != src.read_bytes():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        kept.add(dst)
         agg = per_model.setdefault(r["model"], {k: [] for k in ("loss_next", "loss_ar", "pred_next", "pred_ar", "true")})
         for k in agg:
             agg[k].append(d[k])
-        agg["t0"] = d["t0"]
+        agg["t0"], agg["n_traj"] = d["t0"], int(d["n_traj"])
         for i in range(d["loss_next"].shape[1]):
             pred_rows.append({"model": r["model"], "seed": r["seed"], "k": i + 1, "t": int(d["t0"]) + i + 1,
                               "loss_next": float(d["loss_next"][:, i].mean()), "loss_ar": float(d["loss_ar"][:, i].mean())})
@@ -251,9 +259,12 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
                                   "t": int(d["t0"]) + i + 1, "true": float(d["true"][:, i, idx].mean()),
                                   "next_step": float(d["pred_next"][:, i, idx].mean()),
                                   "autoregressive": float(d["pred_ar"][:, i, idx].mean())})
+    for f in sorted((out_dir / "evaluations").glob("*/*.npz")) if (out_dir / "evaluations").is_dir() else []:
+        if f not in kept:  # an evaluation of a run that is not in this sweep (any more)
+            f.unlink()
     for model, agg in per_model.items():
         for k in ("loss_next", "loss_ar", "pred_next", "pred_ar", "true"):
-            agg[k] = np.concatenate(agg[k])
+            agg[k] = np.concatenate(agg[k])  # one row per run: each run's means over its trajectories
     per_model = {m: per_model[m] for m in ROBOTICS_MODELS if m in per_model}
 
     import pandas as pd
@@ -264,7 +275,7 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
         (out_dir / "predictions.csv").unlink(missing_ok=True)
     figs: dict[str, pathlib.Path] = {"training": rep["plot"]}
     if per_model:
-        n_traj = next(iter(per_model.values()))["true"].shape[0]
+        n_traj = next(iter(per_model.values()))["n_traj"]
         f7, f8 = figures["next_step"], figures["autoregressive"]
         figs["next"] = plots / "nextstep.png"
         plot_prediction_losses(per_model, "loss_next", f"Figure {f7}: {table['robot']} next-step prediction loss "
@@ -331,7 +342,7 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
     ] + ([
         f"- Next-step / autoregressive (suite unit): {n_pred} predictions per validation trajectory starting at t0 = "
         f"{int(next(iter(per_model.values()))['t0']) if per_model else 'n/a'}, averaged over "
-        f"{next(iter(per_model.values()))['true'].shape[0] if per_model else 0} trajectories per run. Autoregressive "
+        f"{next(iter(per_model.values()))['n_traj'] if per_model else 0} trajectories per run. Autoregressive "
         "rollouts feed back their own state predictions and never see a ground-truth state after t0; actions are "
         "the recorded (ground-truth) actions, as exogenous inputs. The paper gives these only as figures "
         f"({figures['next_step']}, {figures['autoregressive']}), so there is no paper column for them."] if per_model else []) + ([f"- {INEXACT_NOTE}"] if inexact else []) + ([

@@ -147,7 +147,8 @@ def _finished(out: pathlib.Path, ident: dict[str, Any], cfg: DictConfig) -> floa
         why = "forced"
     elif rec.get("config_fingerprint") != ident["fingerprint"]:
         why = "other-config"
-    elif cfg.get("save_model") and rec.get("status") == "ok" and not (out / "model.pt").exists():
+    elif cfg.get("save_model") and rec.get("status") == "ok" and not (out / "model.pt").exists() \
+            and not (out / "restored.json").exists():  # restored runs bring their evaluation, not their weights
         why = "no-weights"
     if why is None:
         _log(f"[skip] {out} is finished (status {rec.get('status')}); force=true trains it again")

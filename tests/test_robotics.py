@@ -209,7 +209,7 @@ def test_make_reproduce_table2_on_tiny_data(tmp_path, tiny_task):
     assert set(pred["model"]) == set(robotics.ROBOTICS_MODELS) and pred["k"].max() == 20
     runs = sorted((tmp_path / "runs").rglob("record.json"))
     assert len(runs) == 4 and all((r.parent / "model.pt").exists() for r in runs)
-    assert all(list(r.parent.glob("predictions_P20_*.npz")) for r in runs), "evaluations are saved beside the runs"
+    assert all(list(r.parent.glob("evaluation_P20_*.npz")) for r in runs), "evaluations are saved beside the runs"
     # a second call trains nothing and gives the same table
     p = _make_table2(tmp_path, data_dir)
     assert p.stderr.count("[skip]") == 4 and (out / "table.md").read_text().split("Runs:")[0] == md.split("Runs:")[0]

@@ -1,9 +1,12 @@
 """`evaluate=false`: a robotics table reported right after the sweep, naming the runs whose
-prediction evaluation is pending; the same command with `evaluate=true` evaluates only those."""
+prediction evaluation is pending; the same command with `evaluate=true` evaluates only those. The
+evaluations are committed beside the records, so a fresh clone (no runs/) restores the evaluated runs
+without their weights and regenerates the same table without training or evaluating anything."""
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -28,13 +31,25 @@ def test_report_before_the_evaluation_then_evaluate_the_rest(tmp_path):
         return p, (tmp_path / "results" / "table2" / "smoke" / "table.md").read_text()
 
     _, table = run("evaluate=false")
-    npz = sorted(pathlib.Path(tmp_path / "runs").rglob("predictions_*.npz"))
+    npz = sorted(pathlib.Path(tmp_path / "runs").rglob("evaluation_*.npz"))
     assert not npz, npz
     assert "0 of 4 runs evaluated so far" in table and "`STU` seed 0" in table and "`STU-T` seed 0" in table
     assert table.count("not evaluated yet") == 8  # next-step and autoregressive columns of the four models
     assert "Validation MSE per feature" in table
 
     p, table = run()
-    assert len(sorted(pathlib.Path(tmp_path / "runs").rglob("predictions_*.npz"))) == 4
+    assert len(sorted(pathlib.Path(tmp_path / "runs").rglob("evaluation_*.npz"))) == 4
     assert "not evaluated yet" not in table and "runs evaluated so far" not in table
     assert "[eval] runs evaluated" in p.stderr  # the evaluation's overall progress bar
+    res = tmp_path / "results" / "table2" / "smoke"
+    committed = sorted(res.glob("evaluations/*/evaluation_*.npz"))
+    assert len(committed) == 4 and all(f.stat().st_size < 200_000 for f in committed)
+    before = {f: f.read_bytes() for f in [res / "table.md", res / "predictions.csv", res / "records.jsonl", *committed]}
+
+    shutil.rmtree(tmp_path / "runs")  # a fresh clone: results/ but no runs/ (no weights)
+    p, table = run()
+    assert "[restore] 4 finished run(s) restored" in p.stderr, p.stderr[-3000:]
+    assert "[ok]" not in p.stderr and "[eval] " + str(tmp_path) not in p.stderr  # nothing trained or evaluated
+    for f, content in before.items():
+        assert f.read_bytes() == content, f"{f.name} changed after restoring"
+    assert not list((tmp_path / "runs").rglob("model.pt"))

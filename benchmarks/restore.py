@@ -28,6 +28,7 @@ import os
 import pathlib
 import shutil
 import sys
+from collections import Counter
 from typing import Any
 
 from benchmarks.records import atomic_write_json, atomic_write_text, git_commit
@@ -101,7 +102,7 @@ def restore(jobs: list[dict[str, Any]], results_dir: pathlib.Path, force: bool =
     if not hits:
         return []
     curves = committed_curves(results_dir)
-    done, skipped = [], {}
+    done, skipped = [], Counter()
     commit = git_commit()
     for fp, rec in hits.items():
         job = wanted[fp]
@@ -109,12 +110,11 @@ def restore(jobs: list[dict[str, Any]], results_dir: pathlib.Path, force: bool =
         evaluations = sorted((results_dir / "evaluations" / folder.name).glob("*.npz"))
         keeps_weights = (rec.get("config") or {}).get("save_model") or job["cfg"].get("save_model")
         if keeps_weights and not evaluations:
-            why = "keeps its weights for an evaluation that is not committed (model.pt is not)"
-            skipped[why] = skipped.get(why, 0) + 1
+            skipped["keeps its weights for an evaluation that is not committed (model.pt is not)"] += 1
             continue
         curve = curves.get((str(rec.get("model")), str(rec.get("setting_fingerprint")), str(rec.get("seed"))))
         if curve is None:
-            skipped["no curve rows in curves.csv"] = skipped.get("no curve rows in curves.csv", 0) + 1
+            skipped["no curve rows in curves.csv"] += 1
             continue
         for ev in evaluations if keeps_weights else []:
             folder.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import yaml
 
 from benchmarks import tables
 from benchmarks.evaluation import FEATURE_STEPS  # the paper plots the first 50 predictions
+from benchmarks.evaluation import SUMMARY_KEYS as EVAL_KEYS  # per-run evaluation arrays (benchmarks.evaluation)
 from benchmarks.records import REPO, atomic_write_text
 from benchmarks.runs import sweep_records
 
@@ -105,6 +106,12 @@ def suite_unit(record: dict[str, Any]) -> float:
     return float(fm.get("half_sq", fm.get("loss", math.nan)))
 
 
+EVAL_READING_NOTE = ("The paper says \"losses averaged over 500 predictions\" and plots 50 time steps (Figures 22/23); "
+                     "this is the authors' code's reading (`models/*/predict.py`: `steps = 50` from `init = sl` on "
+                     "each of up to `num_preds = 500` validation trajectories, `utils/plot_predict_mean.py` averages "
+                     "over them), on every validation trajectory we have.")
+EVAL_OTHER_NOTE = ("The authors' code predicts 50 steps from t0 = context - 1 on every validation trajectory (the "
+                   "paper profile's setting); this table uses other settings (`profile.robotics_eval`).")
 INEXACT_NOTE = ("† made before the suite recorded `paper_mse`: mean squared error per feature in the training "
                 "split's normalisation, not the validation split's own (the authors'); rerun for the exact unit.")
 
@@ -145,10 +152,15 @@ def _plt():
     return plt
 
 
-def plot_prediction_losses(per_model: dict[str, dict[str, np.ndarray]], key: str, title: str, path: pathlib.Path) -> None:
+def plot_prediction_losses(per_model: dict[str, dict[str, np.ndarray]], kind: str, title: str, path: pathlib.Path) -> None:
+    """Figures 7/8 (17/18, 20/21): the loss of each prediction step, mean over runs, in the paper's unit
+    (``mse_<kind>``, mean squared error per feature); in the suite's unit (``loss_<kind>``) only for
+    evaluations saved before the paper's unit was kept."""
     from benchmarks.report import COLORS, finish_plot
 
     plt = _plt()
+    paper_unit = all(np.isfinite(d[f"mse_{kind}"]).all() for d in per_model.values())
+    key = f"mse_{kind}" if paper_unit else f"loss_{kind}"
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
     for model, d in per_model.items():
         curve = d[key]  # (runs, P): each run's mean over its trajectories
@@ -161,7 +173,7 @@ def plot_prediction_losses(per_model: dict[str, dict[str, np.ndarray]], key: str
         ax.plot(k, smooth, color=COLORS.get(model), lw=1.6, label=f"{_label(model)} (mean {mean.mean():.4g})")
     ax.set_yscale("log")
     ax.set_xlabel("prediction step k after t0 (faint: each step; bold: moving average)")
-    ax.set_ylabel("loss 1/2 ||x^ - x||^2 (normalised states)")
+    ax.set_ylabel("MSE per feature (the paper's unit)" if paper_unit else "loss 1/2 ||x^ - x||^2 (normalised states)")
     finish_plot(fig, ax, title, path)
 
 
@@ -246,13 +258,15 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
         kept.add(dst)
-        agg = per_model.setdefault(r["model"], {k: [] for k in ("loss_next", "loss_ar", "pred_next", "pred_ar", "true")})
-        for k in agg:
+        if "mse_next" not in d:  # saved before the evaluation kept the paper's unit (restored, no weights)
+            d = {**d, "mse_next": np.full_like(d["loss_next"], np.nan), "mse_ar": np.full_like(d["loss_ar"], np.nan)}
+        agg = per_model.setdefault(r["model"], {k: [] for k in EVAL_KEYS})
+        for k in EVAL_KEYS:
             agg[k].append(d[k])
         agg["t0"], agg["n_traj"] = d["t0"], int(d["n_traj"])
         for i in range(d["loss_next"].shape[1]):
             pred_rows.append({"model": r["model"], "seed": r["seed"], "k": i + 1, "t": int(d["t0"]) + i + 1,
-                              "loss_next": float(d["loss_next"][:, i].mean()), "loss_ar": float(d["loss_ar"][:, i].mean())})
+                              **{k: float(d[k][:, i].mean()) for k in ("mse_next", "mse_ar", "loss_next", "loss_ar")}})
         for tag, idx, _fig, _desc, _y in features:
             for i in range(min(FEATURE_STEPS, d["true"].shape[1])):
                 feat_rows.append({"feature": tag, "index": idx, "model": r["model"], "seed": r["seed"],
@@ -263,7 +277,7 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
         if f not in kept:  # an evaluation of a run that is not in this sweep (any more)
             f.unlink()
     for model, agg in per_model.items():
-        for k in ("loss_next", "loss_ar", "pred_next", "pred_ar", "true"):
+        for k in EVAL_KEYS:
             agg[k] = np.concatenate(agg[k])  # one row per run: each run's means over its trajectories
     per_model = {m: per_model[m] for m in ROBOTICS_MODELS if m in per_model}
 
@@ -278,11 +292,12 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
         n_traj = next(iter(per_model.values()))["n_traj"]
         f7, f8 = figures["next_step"], figures["autoregressive"]
         figs["next"] = plots / "nextstep.png"
-        plot_prediction_losses(per_model, "loss_next", f"Figure {f7}: {table['robot']} next-step prediction loss "
-                               f"({n_pred} predictions, {profile} profile)", figs["next"])
+        what = f"{n_pred} prediction steps, mean of {n_traj} validation trajectories a run, {profile} profile"
+        plot_prediction_losses(per_model, "next", f"Figure {f7}: {table['robot']} next-step prediction loss\n({what})",
+                               figs["next"])
         figs["ar"] = plots / "autoregressive.png"
-        plot_prediction_losses(per_model, "loss_ar", f"Figure {f8}: {table['robot']} autoregressive next-step "
-                               f"prediction loss ({n_pred} predictions, {profile} profile)", figs["ar"])
+        plot_prediction_losses(per_model, "ar", f"Figure {f8}: {table['robot']} autoregressive next-step prediction "
+                               f"loss\n({what})", figs["ar"])
         if feat_rows:
             atomic_write_text(out_dir / "features.csv", pd.DataFrame(feat_rows).to_csv(index=False))
         for tag, idx, fig, desc, ylab in features:
@@ -296,17 +311,25 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
     bpath = baseline_path(runs_root / profile / exp, n_pred, max_traj)
     if ok and bpath.exists():
         with np.load(bpath) as z:
-            base = {"val": float(z["val"]), "next": float(z["loss_next"].mean()), "ar": float(z["loss_ar"].mean())}
+            base = {"val": float(z["val"]), "next": float(z["loss_next"].mean()), "ar": float(z["loss_ar"].mean()),
+                    **{k: float(z[f]) if f in z.files else math.nan
+                       for k, f in (("val_paper", "val_paper"),)},
+                    **{k: float(z[f].mean()) if f in z.files else math.nan
+                       for k, f in (("mse_next", "mse_next"), ("mse_ar", "mse_ar"))}}
 
     # ---- the table: the paper's unit first (what is compared with the paper), the suite's beside it
     header = ["Model", "Params (ours)", "Validation MSE per feature (ours, the paper's unit)",
               "Validation loss (paper, reference)", "Ours / paper", "Validation 1/2 ||x^ - x||^2 (ours)",
-              f"Next-step loss, mean of {n_pred} (ours)", f"Autoregressive loss, mean of {n_pred} (ours)"]
+              f"Next-step MSE per feature, mean of {n_pred} steps (ours, the paper's unit)",
+              f"Autoregressive MSE per feature, mean of {n_pred} steps (ours, the paper's unit)",
+              f"Next-step 1/2 ||x^ - x||^2, mean of {n_pred} (ours)",
+              f"Autoregressive 1/2 ||x^ - x||^2, mean of {n_pred} (ours)"]
     rows, ours, spread, inexact = [], {}, {}, False
     for m in ROBOTICS_MODELS:
         rs = [r for r in records if r["model"] == m]
         if not rs:
-            rows.append([_label(m), "no run", "no run", _fmt(paper.get(_label(m))), "n/a", "no run", "n/a", "n/a"])
+            rows.append([_label(m), "no run", "no run", _fmt(paper.get(_label(m))), "n/a", "no run", "n/a", "n/a",
+                         "n/a", "n/a"])
             continue
         got = [paper_unit(r) for r in rs if r.get("status") == "ok"]
         vals = [v for v, _ in got]
@@ -323,11 +346,11 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
         rows.append([_label(m), f"{rs[0]['params']:,}", v, _fmt(pv),
                      f"{ours[m] / pv:.2f}x" if pv and math.isfinite(ours[m]) else "n/a",
                      _mean_sd([suite_unit(r) for r in rs if r.get("status") == "ok"]),
-                     _fmt(float(pm["loss_next"].mean())) + part if pm else "not evaluated yet",
-                     _fmt(float(pm["loss_ar"].mean())) + part if pm else "not evaluated yet"])
+                     *[_eval_cell(pm, k, part) for k in ("mse_next", "mse_ar", "loss_next", "loss_ar")]])
     if base is not None:
-        rows.append(["No-change baseline x̂_(t+1) = x_t (reference, not trained)", "0", "-", "-", "-", _fmt(base["val"]),
-                     _fmt(base["next"]), _fmt(base["ar"])])
+        rows.append(["No-change baseline x̂_(t+1) = x_t (reference, not trained)", "0", _fmt(base["val_paper"]), "-",
+                     "-", _fmt(base["val"]), _fmt(base["mse_next"]), _fmt(base["mse_ar"]), _fmt(base["next"]),
+                     _fmt(base["ar"])])
     checks = ordering_checks(paper, ours, spread)
     held = sum(1 for c in checks if c[1])
     title = f"Table {table['roman']}: {table['robot']} comparative validation loss"
@@ -340,9 +363,12 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
         f"printed in Table {table['roman']} (copied from `benchmarks/paper_tables.yaml`; a reference, not a result of "
         f"this suite). The suite's own unit, 1/2 ||x^_(t+1) - x_(t+1)||^2 per position on our normalisation, is beside it.",
     ] + ([
-        f"- Next-step / autoregressive (suite unit): {n_pred} predictions per validation trajectory starting at t0 = "
-        f"{int(next(iter(per_model.values()))['t0']) if per_model else 'n/a'}, averaged over "
-        f"{next(iter(per_model.values()))['n_traj'] if per_model else 0} trajectories per run. Autoregressive "
+        f"- Next-step / autoregressive: {n_pred} consecutive predictions per validation trajectory, of x_(t0+1) .. "
+        f"x_(t0+{n_pred}) with t0 = {int(next(iter(per_model.values()))['t0']) if per_model else 'n/a'}, each from "
+        f"the window of the last {(records[0].get('task_info') or {}).get('context', 'context')} inputs, "
+        f"averaged over {next(iter(per_model.values()))['n_traj'] if per_model else 0} validation trajectories per "
+        "run, in the paper's unit (MSE per feature on the validation split's own normalisation) and the suite's. "
+        + (EVAL_READING_NOTE if n_pred == 50 else EVAL_OTHER_NOTE) + " Autoregressive "
         "rollouts feed back their own state predictions and never see a ground-truth state after t0; actions are "
         "the recorded (ground-truth) actions, as exogenous inputs. The paper gives these only as figures "
         f"({figures['next_step']}, {figures['autoregressive']}), so there is no paper column for them."] if per_model else []) + ([f"- {INEXACT_NOTE}"] if inexact else []) + ([
@@ -372,6 +398,16 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
                                                         notes))
     print("\n".join(md))
     return results / "table.md"
+
+
+def _eval_cell(pm: dict[str, np.ndarray] | None, key: str, part: str) -> str:
+    """A prediction column of Tables II/VI/VII: the mean over steps, runs and trajectories."""
+    if not pm:
+        return "not evaluated yet"
+    v = float(pm[key].mean())
+    if not math.isfinite(v):
+        return "not recorded (evaluated before the paper's unit was kept; evaluate again)"
+    return _fmt(v) + part
 
 
 def ordering_checks(paper: dict[str, float], ours: dict[str, float], spread: dict[str, float | None] | None = None):

@@ -69,7 +69,8 @@ class _FakeTask:
         return {"states": self.states.copy(), "actions": self.actions.copy(), "rewards": None,
                 "seeds": np.arange(len(self.states))}
 
-    normalize_states = normalize_actions = denormalize_states = staticmethod(lambda a: np.asarray(a, np.float32))
+    normalize_states = normalize_actions = denormalize_states = staticmethod(
+        lambda a, split=None: np.asarray(a, np.float32))
 
 
 Persistence = evaluation.Persistence  # predicts zero change: x^_{t+1} = x_t
@@ -124,6 +125,49 @@ def test_autoregressive_feeds_predictions_back_on_real_data(tiny_task):
     # a model whose output ignores its inputs (all zeros) cannot tell the two apart
     z = evaluation.prediction_losses(Zeros(dx), task, P)
     assert np.allclose(z["loss_ar"], z["loss_next"])
+
+
+def test_predictions_in_the_validation_units_and_the_paper_unit(tiny_task):
+    """The evaluation gives the model the validation trajectories in the units of the validation loss
+    (under the authors' per-split normalisation: the validation split's own statistics) and scores
+    each step in the paper's unit (MSE per feature there) beside the suite's 1/2 ||.||^2."""
+    from tasks.mujoco.task import MujocoTask
+
+    task, _ = tiny_task
+    dx, P = task.d_out, 12
+    # ours (training statistics): the paper's unit is the error rescaled to the validation split's own units
+    out = evaluation.prediction_losses(Persistence(dx), task, P)
+    traj = task.val_trajectories()
+    t0 = int(out["t0"])
+    den = task.split_stats["val"]["state_den"]
+    diff = (traj["states"][:, t0: t0 + P] - traj["states"][:, t0 + 1: t0 + 1 + P]) / den
+    assert np.allclose(out["mse_next"], (diff ** 2).mean(-1), rtol=1e-4, atol=1e-7)
+    diff_ours = (traj["states"][:, t0: t0 + P] - traj["states"][:, t0 + 1: t0 + 1 + P]) / task.stats["state_std"]
+    assert np.allclose(out["loss_next"], 0.5 * (diff_ours ** 2).sum(-1), rtol=1e-4, atol=1e-7)
+    # the authors' per-split normalisation: inputs in the validation split's units, paper unit = 2 loss / d
+    split = MujocoTask(env="ant", data_profile="smoke", context=8, val_fraction=0.34, progress=False,
+                       normalisation="per_split")  # the data of tiny_task (its FSB_DATA)
+    seen = []
+
+    class Spy(Persistence):
+        def forward(self, inp):
+            seen.append(inp[..., :dx].clone())
+            return super().forward(inp)
+
+    o2 = evaluation.prediction_losses(Spy(dx), split, P)
+    st = split.split_stats["val"]
+    first = seen[0].numpy()  # the first next-step batch: windows of ground-truth states in the model's units
+    raw = split.val_trajectories()["states"]
+    expect = ((raw - st["state_mean"]) / st["state_den"]).astype(np.float32)
+    assert any(np.allclose(first[i], expect[j, : first.shape[1]], atol=1e-5)
+               for i in range(min(3, len(first))) for j in range(len(expect))), \
+        "the validation trajectories are not in the validation split's own units"
+    assert np.allclose(o2["mse_next"], 2 * o2["loss_next"] / dx, rtol=1e-5)
+    assert np.allclose(o2["mse_next"], (diff ** 2).mean(-1), rtol=1e-4, atol=1e-7)  # same unit, either regime
+    assert np.allclose(split.denormalize_states(split.normalize_states(raw, split="val"), split="val"), raw,
+                       rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="valid splits"):
+        split.normalize_states(raw, split="test")
 
 
 def test_autoregressive_never_looks_at_future_ground_truth():
@@ -207,6 +251,9 @@ def test_make_reproduce_table2_on_tiny_data(tmp_path, tiny_task):
     import pandas as pd
     pred = pd.read_csv(out / "predictions.csv")
     assert set(pred["model"]) == set(robotics.ROBOTICS_MODELS) and pred["k"].max() == 20
+    # the prediction columns in the paper's unit (MSE per feature) beside the suite's
+    assert "Next-step MSE per feature, mean of 20 steps (ours, the paper's unit)" in md
+    assert pred["mse_next"].notna().all() and (pred["mse_next"] > 0).all() and (pred["mse_ar"] > 0).all()
     runs = sorted((tmp_path / "runs").rglob("record.json"))
     assert len(runs) == 4 and all((r.parent / "model.pt").exists() for r in runs)
     assert all(list(r.parent.glob("evaluation_P20_*.npz")) for r in runs), "evaluations are saved beside the runs"

@@ -34,7 +34,7 @@ def test_report_before_the_evaluation_then_evaluate_the_rest(tmp_path):
     npz = sorted(pathlib.Path(tmp_path / "runs").rglob("evaluation_*.npz"))
     assert not npz, npz
     assert "0 of 4 runs evaluated so far" in table and "`STU` seed 0" in table and "`STU-T` seed 0" in table
-    assert table.count("not evaluated yet") == 8  # next-step and autoregressive columns of the four models
+    assert table.count("not evaluated yet") == 16  # four prediction columns (two units) of the four models
     assert "Validation MSE per feature" in table
 
     p, table = run()

@@ -125,6 +125,7 @@ class MujocoTask(Task):
             scale = {k: (self._xs, self._us) for k in ("train", "val")}
             # errors in our units -> errors in the authors' units of the validation split
             self._paper_scale = torch.from_numpy(self._xs / self.split_stats[val_name]["state_den"]).float()
+            self._split_units = {k: (self._xm, self._xs, self._um, self._us) for k in ("train", "val")}
         else:
             parts = {}
             for name, idx in (("train", self.train_idx), ("val", self.val_idx)):
@@ -135,6 +136,11 @@ class MujocoTask(Task):
             scale = {k: (self.split_stats.get(k, self.split_stats["train"])["state_den"],
                          self.split_stats.get(k, self.split_stats["train"])["action_den"]) for k in ("train", "val")}
             self._paper_scale = torch.ones(self.d_out)
+            self._split_units = {}
+            for k in ("train", "val"):
+                st = self.split_stats.get(k) or self.split_stats["train"]
+                self._split_units[k] = tuple(np.asarray(st[f], np.float32) for f in
+                                             ("state_mean", "state_den", "action_mean", "action_den"))
         # noise std per input feature in the model's (normalised) units, per split
         self._noise = {}
         for k, (xd, ud) in scale.items():
@@ -201,14 +207,35 @@ class MujocoTask(Task):
         return -(-len(train) // int(batch_size))
 
     # ------------------------------------------------------------------ normalisation helpers
-    def normalize_states(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self._xm) / self._xs).astype(np.float32)
+    # ``split=None``: the training trajectories' statistics (``self.stats``). ``split="train"|"val"``:
+    # the units in which that split is given to the model, which differ from ``self.stats`` under
+    # ``normalisation=per_split`` (each split by its own statistics, the authors' loader): the
+    # prediction evaluation feeds the validation trajectories in the validation split's units, as
+    # the validation loss does.
+    def _units(self, split: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if split is None:
+            return self._xm, self._xs, self._um, self._us
+        if split not in self._split_units:
+            raise ValueError(f"unknown split {split!r}; valid splits: None, {', '.join(self._split_units)}")
+        return self._split_units[split]
 
-    def denormalize_states(self, x: np.ndarray) -> np.ndarray:
-        return (x * self._xs + self._xm).astype(np.float32)
+    def normalize_states(self, x: np.ndarray, split: str | None = None) -> np.ndarray:
+        m, s, _, _ = self._units(split)
+        return ((x - m) / s).astype(np.float32)
 
-    def normalize_actions(self, u: np.ndarray) -> np.ndarray:
-        return ((u - self._um) / self._us).astype(np.float32)
+    def denormalize_states(self, x: np.ndarray, split: str | None = None) -> np.ndarray:
+        m, s, _, _ = self._units(split)
+        return (x * s + m).astype(np.float32)
+
+    def normalize_actions(self, u: np.ndarray, split: str | None = None) -> np.ndarray:
+        _, _, m, s = self._units(split)
+        return ((u - m) / s).astype(np.float32)
+
+    def paper_scale(self) -> torch.Tensor:
+        """Per-feature factors taking a state error in the model's units of the validation split to the
+        paper's unit (the validation split normalised by its own statistics, the authors' loader):
+        ``paper_mse = mean((error * paper_scale())**2)``."""
+        return self._paper_scale.clone()
 
     # ------------------------------------------------------------------------------- windows
     def _windows(self, x: torch.Tensor, u: torch.Tensor, traj: torch.Tensor, start: torch.Tensor) -> tuple:
@@ -311,7 +338,8 @@ class MujocoTask(Task):
     def val_trajectories(self) -> dict[str, Any]:
         """Raw (unnormalised) validation trajectories for autoregressive evaluation: ``states``
         (n, T+1, dx), ``actions`` (n, T, du), ``rewards``, ``seeds``; use :meth:`normalize_states`,
-        :meth:`normalize_actions` and :meth:`denormalize_states` to move between the model's units."""
+        :meth:`normalize_actions` and :meth:`denormalize_states` with ``split="val"`` to move between
+        them and the units the model is given the validation split in."""
         return {k: v.copy() for k, v in self._val_raw.items()}
 
     # ------------------------------------------------------------------------- loss, metrics

@@ -203,10 +203,13 @@ def load_predictions(record: dict[str, Any], n_pred: int, max_traj: int | None) 
         return {k: z[k] for k in z.files}
 
 
-def evaluate_run(record: dict[str, Any], n_pred: int, max_traj: int | None, device="cpu") -> dict[str, np.ndarray]:
+def evaluate_run(record: dict[str, Any], n_pred: int, max_traj: int | None, device="cpu",
+                 task=None) -> dict[str, np.ndarray]:
     """The prediction evaluation of one finished run (:func:`summarise` of :func:`prediction_losses`),
     saved in its folder beside ``model.pt``. A run restored from committed results has its saved
-    evaluation and no weights (``benchmarks.restore``): that evaluation is used as it is."""
+    evaluation and no weights (``benchmarks.restore``): that evaluation is used as it is. ``task``:
+    the run's task when the caller has it built (the runner, right after training), else it is
+    built from the record."""
     rdir = pathlib.Path(record["_dir"])
     cache = predictions_path(record, n_pred, max_traj)
     mpath = rdir / "model.pt"
@@ -223,7 +226,7 @@ def evaluate_run(record: dict[str, Any], n_pred: int, max_traj: int | None, devi
                 return {k: z[k] for k in z.files}
     t = time.perf_counter()
     model = load_trained(rdir, device)
-    full = prediction_losses(model, task_of(record), n_pred, max_traj, device)
+    full = prediction_losses(model, task if task is not None else task_of(record), n_pred, max_traj, device)
     full["eval_seconds"] = np.array(time.perf_counter() - t)
     out = summarise(full)
     save_npz(cache, out, compressed=True)

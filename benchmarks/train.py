@@ -385,7 +385,22 @@ def _finish(cfg: DictConfig, model_name: str, task_name: str, ident: dict[str, A
         (out / "checkpoint.pt").unlink()
     msg = f"[{status}] {out}: {primary}={primary_value:.4g} params={record['params']} wall={wall:.1f}s"
     _log(msg + (f" ({reason})" if reason else ""))
+    if status == "ok" and record.get("model_file") and cfg.get("evaluate", True) \
+            and OmegaConf.select(cfg, "report.kind") == "robotics":
+        _evaluate_now(cfg, record, task, device)
     return float(primary_value)
+
+
+def _evaluate_now(cfg: DictConfig, record: dict[str, Any], task, device) -> None:
+    """The prediction evaluation of a robotics run right after it trains, in its own worker
+    (:func:`benchmarks.evaluation.evaluate_run`, saved beside the run): a sweep stopped part-way keeps
+    the evaluations of its finished runs, so their weights are not needed again. The sweep's own
+    evaluation step then finds them and evaluates only what is missing."""
+    from benchmarks import evaluation
+
+    ev = OmegaConf.to_container(cfg.profile.robotics_eval, resolve=True)
+    evaluation.evaluate_run({**record, "_dir": record["run_dir"]}, int(ev["predictions"]),
+                            ev.get("max_trajectories"), str(device), task=task)
 
 
 def _train_batched(cfg: DictConfig, model_name: str, task_name: str, todo: list[Member],

@@ -53,3 +53,31 @@ def test_report_before_the_evaluation_then_evaluate_the_rest(tmp_path):
     for f, content in before.items():
         assert f.read_bytes() == content, f"{f.name} changed after restoring"
     assert not list((tmp_path / "runs").rglob("model.pt"))
+
+
+@pytest.mark.slow
+def test_a_run_is_evaluated_right_after_it_trains(tmp_path):
+    """The prediction evaluation runs in the worker that trained the run, right after its record: a
+    sweep stopped part-way keeps the evaluations of its finished runs (their weights are not
+    committed). With evaluate=false the run is not evaluated."""
+    env = dict(os.environ, FSB_RUNS=str(tmp_path / "runs"), FSB_DATA=str(tmp_path / "data"), FSB_OFFLINE="1",
+               PYTHONPATH=str(ROOT))
+    base = [sys.executable, "-m", "benchmarks.train", "experiment=table2", "profile=smoke", "threads=1",
+            "progress=false", *TRAIN, *MUJOCO]
+    p = subprocess.run([*base, "model=robotics_stu"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    rec = sorted(pathlib.Path(tmp_path / "runs").rglob("record.json"))
+    assert len(rec) == 1
+    npz = list(rec[0].parent.glob("evaluation_P*.npz"))
+    assert len(npz) == 1 and npz[0].stat().st_mtime >= rec[0].stat().st_mtime
+    import numpy as np
+
+    with np.load(npz[0]) as z:
+        assert {"loss_next", "loss_ar", "mse_next", "mse_ar"} <= set(z.files) and np.isfinite(z["mse_next"]).all()
+    assert p.stderr.index("[ok]") < p.stderr.index("[eval]")  # after the run's record, in the same process
+    p = subprocess.run([*base, "model=robotics_transformer", "evaluate=false"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    rec = sorted(pathlib.Path(tmp_path / "runs").rglob("robotics_transformer/*/record.json"))
+    assert len(rec) == 1 and not list(rec[0].parent.glob("evaluation_*.npz"))

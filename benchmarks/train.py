@@ -399,8 +399,12 @@ def _evaluate_now(cfg: DictConfig, record: dict[str, Any], task, device) -> None
     from benchmarks import evaluation
 
     ev = OmegaConf.to_container(cfg.profile.robotics_eval, resolve=True)
-    evaluation.evaluate_run({**record, "_dir": record["run_dir"]}, int(ev["predictions"]),
-                            ev.get("max_trajectories"), str(device), task=task)
+    try:
+        evaluation.evaluate_run({**record, "_dir": record["run_dir"]}, int(ev["predictions"]),
+                                ev.get("max_trajectories"), str(device), task=task)
+    except Exception as e:  # noqa: BLE001  (the run is finished; the sweep's evaluation step tries again)
+        _log(f"[eval failed] {record['run_dir']}: {type(e).__name__}: {e} (the run is kept; the sweep's "
+             f"evaluation step tries again)")
 
 
 def _train_batched(cfg: DictConfig, model_name: str, task_name: str, todo: list[Member],

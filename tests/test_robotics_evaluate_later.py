@@ -81,3 +81,20 @@ def test_a_run_is_evaluated_right_after_it_trains(tmp_path):
     assert p.returncode == 0, p.stderr[-4000:]
     rec = sorted(pathlib.Path(tmp_path / "runs").rglob("robotics_transformer/*/record.json"))
     assert len(rec) == 1 and not list(rec[0].parent.glob("evaluation_*.npz"))
+
+
+def test_a_failed_evaluation_does_not_fail_the_finished_run(monkeypatch, capsys):
+    """An error in the evaluation right after training is logged, not raised: the run's record is
+    written, the sweep goes on, and its evaluation step tries again (and reports the error there)."""
+    from omegaconf import OmegaConf
+
+    from benchmarks import evaluation, train
+
+    def boom(*a, **k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(evaluation, "evaluate_run", boom)
+    cfg = OmegaConf.create({"profile": {"robotics_eval": {"predictions": 5, "max_trajectories": None}}})
+    train._evaluate_now(cfg, {"run_dir": "/x/run"}, task=None, device="cpu")
+    err = capsys.readouterr().err
+    assert "[eval failed] /x/run: RuntimeError: out of memory" in err

@@ -311,11 +311,9 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
     bpath = baseline_path(runs_root / profile / exp, n_pred, max_traj)
     if ok and bpath.exists():
         with np.load(bpath) as z:
-            base = {"val": float(z["val"]), "next": float(z["loss_next"].mean()), "ar": float(z["loss_ar"].mean()),
-                    **{k: float(z[f]) if f in z.files else math.nan
-                       for k, f in (("val_paper", "val_paper"),)},
-                    **{k: float(z[f].mean()) if f in z.files else math.nan
-                       for k, f in (("mse_next", "mse_next"), ("mse_ar", "mse_ar"))}}
+            got = lambda k: float(np.mean(z[k])) if k in z.files else math.nan  # noqa: E731  (older files lack some)
+            base = {"val": got("val"), "val_paper": got("val_paper"), "next": got("loss_next"), "ar": got("loss_ar"),
+                    "mse_next": got("mse_next"), "mse_ar": got("mse_ar")}
 
     # ---- the table: the paper's unit first (what is compared with the paper), the suite's beside it
     header = ["Model", "Params (ours)", "Validation MSE per feature (ours, the paper's unit)",
@@ -368,7 +366,7 @@ def env_table(exp: str, profile: str, spec: dict[str, Any], records: list[dict],
         f"the window of the last {(records[0].get('task_info') or {}).get('context', 'context')} inputs, "
         f"averaged over {next(iter(per_model.values()))['n_traj'] if per_model else 0} validation trajectories per "
         "run, in the paper's unit (MSE per feature on the validation split's own normalisation) and the suite's. "
-        + (EVAL_READING_NOTE if n_pred == 50 else EVAL_OTHER_NOTE) + " Autoregressive "
+        + (EVAL_READING_NOTE if (n_pred, max_traj) == (50, None) else EVAL_OTHER_NOTE) + " Autoregressive "
         "rollouts feed back their own state predictions and never see a ground-truth state after t0; actions are "
         "the recorded (ground-truth) actions, as exogenous inputs. The paper gives these only as figures "
         f"({figures['next_step']}, {figures['autoregressive']}), so there is no paper column for them."] if per_model else []) + ([f"- {INEXACT_NOTE}"] if inexact else []) + ([

@@ -103,7 +103,7 @@ def prediction_losses(model, task, n_pred: int, max_traj: int | None = None, dev
     ar = autoregressive_predictions(model, X[:, : t0 + 1], U, n_pred, L)
     model.train(was)
     tgt = X[:, t0 + 1: t0 + 1 + n_pred]
-    scale = task.paper_scale().to(device) if hasattr(task, "paper_scale") else torch.ones(tgt.shape[-1], device=device)
+    scale = task.paper_scale().to(device)
     loss = lambda p: (0.5 * (p - tgt).float().pow(2).sum(-1)).cpu().numpy()  # noqa: E731
     mse = lambda p: ((p - tgt).float() * scale).pow(2).mean(-1).cpu().numpy()  # noqa: E731
     den = lambda p: task.denormalize_states(p.cpu().numpy(), split="val")  # noqa: E731
@@ -137,11 +137,6 @@ def validation_metrics(model, task, batch_size: int = 256) -> dict[str, float]:
             tot[k] = tot.get(k, 0.0) + v * n
         w += n
     return {k: v / max(w, 1.0) for k, v in tot.items()}
-
-
-def validation_loss(model, task, batch_size: int = 256) -> float:
-    """The runner's validation metric (``loss`` over every validation transition) for any model."""
-    return validation_metrics(model, task, batch_size).get("loss", 0.0)
 
 
 def load_trained(run_dir: pathlib.Path, device="cpu"):

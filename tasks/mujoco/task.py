@@ -117,30 +117,22 @@ class MujocoTask(Task):
         self.split_stats = {name: self.authors_stats(data["states"][idx], data["actions"][idx])
                             for name, idx in (("train", self.train_idx), ("val", self.val_idx)) if len(idx)}
         val_name = "val" if len(self.val_idx) else "train"
+        # the units each split is given to the model in: (state mean, state std, action mean, action std)
         if normalisation == "train":
-            xs = torch.from_numpy(self.normalize_states(data["states"]))
-            us = torch.from_numpy(self.normalize_actions(data["actions"]))
-            self._x_train, self._u_train = xs[self.train_idx], us[self.train_idx]
-            self._x_val, self._u_val = xs[self.val_idx], us[self.val_idx]
-            scale = {k: (self._xs, self._us) for k in ("train", "val")}
+            self._split_units = {k: (self._xm, self._xs, self._um, self._us) for k in ("train", "val")}
             # errors in our units -> errors in the authors' units of the validation split
             self._paper_scale = torch.from_numpy(self._xs / self.split_stats[val_name]["state_den"]).float()
-            self._split_units = {k: (self._xm, self._xs, self._um, self._us) for k in ("train", "val")}
         else:
-            parts = {}
-            for name, idx in (("train", self.train_idx), ("val", self.val_idx)):
-                st = self.split_stats.get(name) or self.split_stats["train"]
-                parts[name] = (torch.from_numpy(((data["states"][idx] - st["state_mean"]) / st["state_den"]).astype(np.float32)),
-                               torch.from_numpy(((data["actions"][idx] - st["action_mean"]) / st["action_den"]).astype(np.float32)))
-            (self._x_train, self._u_train), (self._x_val, self._u_val) = parts["train"], parts["val"]
-            scale = {k: (self.split_stats.get(k, self.split_stats["train"])["state_den"],
-                         self.split_stats.get(k, self.split_stats["train"])["action_den"]) for k in ("train", "val")}
-            self._paper_scale = torch.ones(self.d_out)
             self._split_units = {}
             for k in ("train", "val"):
                 st = self.split_stats.get(k) or self.split_stats["train"]
-                self._split_units[k] = tuple(np.asarray(st[f], np.float32) for f in
-                                             ("state_mean", "state_den", "action_mean", "action_den"))
+                self._split_units[k] = (st["state_mean"], st["state_den"], st["action_mean"], st["action_den"])
+            self._paper_scale = torch.ones(self.d_out)
+        (self._x_train, self._u_train), (self._x_val, self._u_val) = (
+            (torch.from_numpy(self.normalize_states(data["states"][idx], k)),
+             torch.from_numpy(self.normalize_actions(data["actions"][idx], k)))
+            for k, idx in (("train", self.train_idx), ("val", self.val_idx)))
+        scale = {k: (u[1], u[3]) for k, u in self._split_units.items()}
         # noise std per input feature in the model's (normalised) units, per split
         self._noise = {}
         for k, (xd, ud) in scale.items():

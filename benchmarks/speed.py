@@ -771,6 +771,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                     stop = f"out of memory at length {L}"
                                 elif r["status"] == "error":
                                     stop = f"error at length {L}"
+                                elif r["status"] != "ok":  # skipped: the time budget is used up
+                                    stop = r["error"]
                                 elif float(r["time_ms"]) > float(sw.get("stop_after_ms", float("inf"))):
                                     stop = f"length {L} took {float(r['time_ms']):.0f} ms > stop_after_ms"
 

@@ -8,7 +8,12 @@
 #             the STU convolution, train steps), with a time budget
 #   trials    batched trials vs one by one on the GPU (make bench-trials)
 #   fig2      Figure 2 at the paper profile, each model's 16 trials batched (trial_batch=16)
-# Usage: bash scripts/gpu_check.sh [STEP ...]   (default: every step, in this order). Each step
+# Usage: bash scripts/gpu_check.sh [STEP ...]   (default: every step, in this order). Settings (env):
+#   GPU_CHECK_BUDGET_S  seconds for the whole check (0 = none); each step is also capped by its own
+#                       limit (TIMEOUT_<STEP>, e.g. TIMEOUT_TABLE1=120), Figure 2 gets the rest
+#   SPEED_BUDGET_S      the speed benchmark's own budget (cells after it are "skipped" rows)
+#   SPEED_ARGS          extra overrides of the speed benchmark, e.g. "profile.speed.compile=[false]"
+# Each step
 # writes its results with their records under results/gpu/ and plots/gpu/ (FSB_RESULTS/FSB_PLOTS),
 # its log under results/gpu/logs/, and, when $OUT is set (the device tool), everything is packed
 # into $OUT/gpu_check.tar.gz to be unpacked in the repository and committed. Without a CUDA device
@@ -42,12 +47,28 @@ install() {
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 
 cuda() { "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; }
+# Each step runs under a time limit (seconds; TIMEOUT_<STEP>=N overrides one, 0 = none), so that one slow
+# step cannot eat a lease of a few minutes and the results are still packed: a run finished before the
+# limit keeps its record, and a cut-off sweep is reported from the records it has.
+# GPU_CHECK_BUDGET_S=N (0 = none) caps the whole check: a device lease of a few minutes then still gets
+# the packed results of every step that ran (the later steps get what is left; Figure 2 the rest).
+BUDGET=${GPU_CHECK_BUDGET_S:-0}
+declare -A LIMIT=([tests]=150 [table1]=120 [speed]=$(( ${SPEED_BUDGET_S:-420} + 60 )) [trials]=150 [fig2]=0)
 run() {  # run <step> <command...>: its output to the step's log; a failure is logged, the next step goes on
   local name=$1; shift
-  log "$name: $*"
+  local var=TIMEOUT_${name^^}
+  local limit=${!var:-${LIMIT[$name]:-0}}
+  if [ "$BUDGET" -gt 0 ]; then  # the whole check's budget, less a reserve for packing, caps every step
+    local left=$(( BUDGET - SECONDS - 20 ))
+    [ $left -lt 10 ] && { log "$name: skipped: the check's budget of $BUDGET s is used up"; return 0; }
+    { [ "$limit" -eq 0 ] || [ "$limit" -gt $left ]; } && limit=$left
+  fi
+  log "$name: $* (time limit: ${limit} s, 0 = none)"
   local t0=$SECONDS
-  "$@" > "$LOGS/$name.log" 2>&1
+  if [ "$limit" -gt 0 ]; then timeout --signal=INT --kill-after=20 "$limit" "$@" > "$LOGS/$name.log" 2>&1
+  else "$@" > "$LOGS/$name.log" 2>&1; fi
   local rc=$?
+  [ $rc -eq 124 ] && log "$name: cut off at its time limit of $limit s"
   log "$name: exit $rc after $((SECONDS - t0)) s (log: results/gpu/logs/$name.log)"
   tail -5 "$LOGS/$name.log"
   return 0
@@ -68,11 +89,14 @@ for step in "${STEPS[@]}"; do
         tests)  run tests "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_paths.py tests/test_trials.py -k "cuda or gpu or flash or mamba or fft" ;;
         table1) run table1 "$PY" -m benchmarks.reproduce experiment=table1_timing profile=paper device=cuda ;;
         speed)  run speed "$PY" -m benchmarks.reproduce experiment=speed profile=paper device=cuda \
-                  profile.speed.time_budget_s=${SPEED_BUDGET_S:-420} ;;
+                  profile.speed.time_budget_s=${SPEED_BUDGET_S:-420} ${SPEED_ARGS:-} ;;
         trials) run trials "$PY" -m benchmarks.reproduce experiment=trial_batching profile=paper device=cuda \
                   trial_batching.steps=20 trial_batching.warmup=5 ;;
         fig2)   run fig2 "$PY" -m benchmarks.reproduce experiment=fig2 profile=paper device=cuda trial_batch=16 \
-                  batch_trials=true progress=false checkpoint_every=1000 hydra/launcher=basic ;;
+                  batch_trials=true progress=false checkpoint_every=1000 hydra/launcher=basic
+                # a sweep cut off at its limit: its finished runs' summary, figure and claim check
+                [ -s "$FSB_RESULTS/fig2/paper/records.jsonl" ] && [ ! -s "$FSB_RESULTS/fig2/paper/summary.md" ] && \
+                  run fig2_report "$PY" -m benchmarks.report experiment=fig2 profile=paper ;;
       esac ;;
     *) log "unknown step '$step'; valid: install tests table1 speed trials fig2"; exit 2 ;;
   esac

@@ -73,6 +73,17 @@ def test_failure_is_a_row(tmp_path):
     assert all(r["status"] in ("error", "skipped") for r in rows)
 
 
+def test_a_used_up_time_budget_skips_the_remaining_cells(tmp_path):
+    # the budget is checked before each cell: a tiny one leaves the first cell run and every later
+    # cell a "skipped" row naming the budget (the length sweep once crashed on such a row)
+    out = speed.run(_cfg(tmp_path, "profile.speed.time_budget_s=1e-9"))
+    rows = list(csv.DictReader(open(out["csv"])))
+    mix = [r for r in rows if r["section"] == "mixer" and r["status"] != "unavailable"]
+    assert mix and all(r["status"] == "skipped" for r in mix)
+    assert any("time budget" in r["error"] for r in mix)
+    assert pathlib.Path(out["md"]).exists()
+
+
 @pytest.mark.parametrize("override, message", [
     ("profile.speed.dtypes=[float8]", "valid:"),
     ("profile.speed.repeats=0", "repeats must be >= 1"),

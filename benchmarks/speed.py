@@ -164,7 +164,11 @@ def requirement_missing(req: str, device: torch.device) -> str | None:
         return None if device.type == "cuda" else "needs CUDA"
     if req == "flex_attention":
         return None if _importable("torch.nn.attention.flex_attention") else "torch has no flex_attention"
-    if req in ("flashfftconv", "flash_attn", "mamba_ssm", "triton"):
+    if req == "mamba_ssm":  # the SSD kernels models/mamba2.py imports, not only the package
+        from models import mamba2
+        return None if mamba2.mamba_chunk_scan_combined is not None else \
+            f"mamba_ssm's SSD kernels not importable ({mamba2.FAST_PATH_ERROR})"
+    if req in ("flashfftconv", "flash_attn", "triton"):
         return None if _importable(req) else f"{req} not importable"
     return f"unknown requirement {req!r}"
 

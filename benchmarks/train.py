@@ -505,7 +505,8 @@ def _train_batched(cfg: DictConfig, model_name: str, task_name: str, todo: list[
     wall = time.perf_counter() - t0
     batched_steps = max(1, max(done_steps))
     info = trials.describe("batched", seeds, "", batched_with=[m.seed for m in todo],
-                           s_per_batched_step=round(step_time / batched_steps, 6))
+                           s_per_batched_step=round(step_time / batched_steps, 6),
+                           plain_paths=list(stack.plain_paths))
     values = []
     for i, m in enumerate(todo):
         if status[i] == "ok":

@@ -77,13 +77,19 @@ def measure(exp: str, model: str, profile: str, n: int, steps: int, warmup: int,
     gens = [torch.Generator().manual_seed(i) for i in range(n)]
     batches = [[to_device(t.train_batch(k, bs, g), device, dtype) for t, g in zip(tasks_, gens)]
                for k in range(warmup + steps)]
+    def sync():  # a CUDA step is timed to its end, not to its launch
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+
     # one by one
     opts = [make_optimizer(m, spec) for m in mods]
     one = 0.0
     for i in range(n):
         for k in range(warmup + steps):
+            sync()
             t = time.perf_counter()
             train_step(mods[i], tasks_[i], batches[k][i], opts[i], clip)
+            sync()
             if k >= warmup:
                 one += time.perf_counter() - t
     out = {"model": model, "experiment": exp, "trials": n, "batch_size": bs, "steps_timed": steps,
@@ -92,17 +98,22 @@ def measure(exp: str, model: str, profile: str, n: int, steps: int, warmup: int,
     if why:
         return {**out, "batched_ms_per_trial_step": None, "speedup": None, "batched": False, "reason": why}
     stack = trials.TrialStack(mods)
+    why = stack.probe(torch.stack([b.inputs for b in batches[0]]))  # what vmap refuses here, as the runner checks
+    if why:
+        return {**out, "batched_ms_per_trial_step": None, "speedup": None, "batched": False, "reason": why}
     opt = stack.optimizer(make_optimizer, spec)
     active = [True] * n
     both = 0.0
     for k in range(warmup + steps):
+        sync()
         t = time.perf_counter()
         trials.batched_step(stack, tasks_, batches[k], opt, clip, active)
+        sync()
         if k >= warmup:
             both += time.perf_counter() - t
     b = 1000 * both / (n * steps)
     return {**out, "batched_ms_per_trial_step": b, "speedup": out["one_by_one_ms_per_trial_step"] / b,
-            "batched": True, "reason": ""}
+            "batched": True, "reason": "", "plain_paths": ",".join(stack.plain_paths)}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

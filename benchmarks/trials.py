@@ -29,6 +29,7 @@ so and why.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from typing import Any, Callable
@@ -112,6 +113,7 @@ class TrialStack:
         bufs = [dict(m.named_buffers()) for m in models]
         self.buffers = {n: torch.stack([b[n] for b in bufs]).clone() for n in bufs[0]}
         self._name_of = {id(p): n for n, p in self.shell.named_parameters()}
+        self.plain_paths: list[str] = []  # optional kernels the batched computation switched off
 
     # -- the forward of all trials
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,9 +123,43 @@ class TrialStack:
         def one(p, b, xi):
             return functional_call(self.shell, (p, b), (xi,))
 
-        with warnings.catch_warnings():  # vmap runs SDPA through its slower per-trial fallback on CPU
+        with warnings.catch_warnings(), self.plain_kernels():
+            # vmap runs SDPA through its slower per-trial fallback on CPU
             warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule.*")
             return vmap(one, randomness="error")(self.params, self.buffers, x)
+
+    @contextlib.contextmanager
+    def plain_kernels(self):
+        """The batched computation runs each layer's plain PyTorch path: the optional kernels
+        (mamba_ssm's Triton SSD, flashfftconv, flash-attn) are autograd functions with no vmap rule,
+        and on CUDA SDPA's fused kernels fail in the backward under vmap ("LSE is not correctly
+        aligned"), so SDPA runs its math backend. The plain paths equal the kernels to rounding
+        (tests/test_gpu_paths.py); ``self.plain_paths`` names what was switched (the records say it)."""
+        if not self.on_cuda():  # the optional kernels run on CUDA only; nothing to switch
+            yield
+            return
+        switched = []
+        for m in self.shell.modules():
+            for attr in PLAIN_SWITCHES:
+                if getattr(m, attr, None) is True:
+                    setattr(m, attr, False)
+                    switched.append((m, attr))
+                    label = f"{type(m).__name__}.{attr}=false"
+                    if label not in self.plain_paths:
+                        self.plain_paths.append(label)
+        if "sdpa=math" not in self.plain_paths and any(
+                "attention" in type(m).__name__.lower() for m in self.shell.modules()):
+            self.plain_paths.append("sdpa=math")
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        try:
+            with sdpa_kernel([SDPBackend.MATH]):
+                yield
+        finally:
+            for m, attr in switched:
+                setattr(m, attr, True)
+
+    def on_cuda(self) -> bool:
+        return any(p.is_cuda for p in self.params.values())
 
     def probe(self, x: torch.Tensor) -> str | None:
         """Run one forward and backward on ``x`` (no parameter changes); the error vmap raises, if any."""
@@ -232,6 +268,10 @@ def batched_step(stack: TrialStack, tasks: list, batches: list, opt: torch.optim
             clip_per_trial(list(stack.params.values()), float(grad_clip))
         opt.step()
     return vals
+
+
+# module flags of optional kernels that vmap cannot batch (see TrialStack.plain_kernels)
+PLAIN_SWITCHES = ("use_fast_path", "use_flashfftconv", "use_flash_attn")
 
 
 def describe(mode: str, seeds: list[int], reason: str = "", **extra) -> dict[str, Any]:

@@ -60,10 +60,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+FAST_PATH_ERROR: str | None = None  # why the kernels below are not importable here, if they are not
 try:  # optional CUDA/Triton kernels
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-except Exception:  # ImportError, or a broken CUDA/Triton install
+except Exception as e:  # ImportError, or a broken CUDA/Triton install
     mamba_chunk_scan_combined = None
+    FAST_PATH_ERROR = f"{type(e).__name__}: {e}"
 
 _FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

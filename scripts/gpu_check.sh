@@ -39,6 +39,23 @@ install() {
       'def __getattr__(name):' \
       '    raise ImportError("selective_scan_cuda was not built (MAMBA_SKIP_CUDA_BUILD): Mamba-1 scan unavailable")' \
       > /tmp/site/selective_scan_cuda.py
+    # mamba_ssm/__init__ also imports its generation utilities, which need names transformers 5 removed
+    # (GreedySearchDecoderOnlyOutput); the suite uses only the SSD kernels (mamba_ssm.ops.triton), so the
+    # installed copy's __init__ keeps its version and imports the rest only when asked for
+    if [ -f /tmp/site/mamba_ssm/__init__.py ] && ! grep -q "imported on demand" /tmp/site/mamba_ssm/__init__.py; then
+      v=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' /tmp/site/mamba_ssm/__init__.py)
+      printf '%s\n' "__version__ = \"$v\"" \
+        '# gpu_check.sh: the top-level names are imported on demand (see scripts/gpu_check.sh)' \
+        '_WHERE = {"selective_scan_fn": "mamba_ssm.ops.selective_scan_interface",' \
+        '          "mamba_inner_fn": "mamba_ssm.ops.selective_scan_interface",' \
+        '          "Mamba": "mamba_ssm.modules.mamba_simple", "Mamba2": "mamba_ssm.modules.mamba2",' \
+        '          "MambaLMHeadModel": "mamba_ssm.models.mixer_seq_simple"}' \
+        'def __getattr__(name):' \
+        '    if name not in _WHERE:' \
+        '        raise AttributeError(name)' \
+        '    import importlib' \
+        '    return getattr(importlib.import_module(_WHERE[name]), name)' > /tmp/site/mamba_ssm/__init__.py
+    fi
     log "install: $(ls .whl/*.whl | xargs -n1 basename | tr '\n' ' ')into /tmp/site"
   else
     log "install: no .whl/ folder (make gpu-wheels where there is network); using what is installed"

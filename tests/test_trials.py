@@ -182,5 +182,32 @@ def test_batched_trials_on_cuda_equal_one_by_one(tmp_path, model):
     single = {r["seed"]: r for r in map(lambda p: json.loads(p.read_text()), (tmp_path / "o").rglob("record.json"))}
     for seed in range(3):
         assert batched[seed]["trials"]["mode"] == "batched"
+        if model == "transformer":  # SDPA's fused CUDA kernels fail under vmap: the math backend ran
+            assert "sdpa=math" in batched[seed]["trials"]["plain_paths"]
         for k, v in batched[seed]["final_metrics"].items():
             assert math.isclose(v, single[seed]["final_metrics"][k], rel_tol=1e-3, abs_tol=1e-4), (k, v)
+
+
+def test_batched_trials_switch_the_optional_kernels_off_on_cuda_and_say_so(monkeypatch):
+    """vmap cannot batch the optional kernels (custom autograd functions): on CUDA the batched
+    computation runs the plain paths, restores the flags afterwards and names what it switched."""
+    from models.mamba2 import Mamba2
+
+    mods = [Mamba2(16, 32) for _ in range(2)]
+    for m in mods:
+        m.use_fast_path = True
+    stack = trials.TrialStack(mods)
+    seen = []
+
+    def fake_vmap_forward():
+        with stack.plain_kernels():
+            seen.append(stack.shell.use_fast_path)
+
+    fake_vmap_forward()  # on a CPU nothing is switched (the kernels never run there)
+    assert seen == [True] and stack.plain_paths == []
+    monkeypatch.setattr(stack, "on_cuda", lambda: True)
+    fake_vmap_forward()
+    assert seen == [True, False] and stack.shell.use_fast_path is True
+    assert stack.plain_paths == ["Mamba2.use_fast_path=false"]
+    fake_vmap_forward()
+    assert stack.plain_paths == ["Mamba2.use_fast_path=false"]  # named once

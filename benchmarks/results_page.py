@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import sys
 from typing import Any
@@ -190,8 +191,30 @@ def generate() -> str:
                 lines += [f"- {n.strip()}" for n in notes] + [""]
             for p in _plots(name, profile):
                 lines += [f"![{name} {profile}]({p})", ""]
+    lines += gpu_sections()
     lines += lm_sections()
     return "\n".join(lines).rstrip() + "\n"
+
+
+def gpu_sections() -> list[str]:
+    """What ``make gpu-check`` measured (``results/gpu/<experiment>/<profile>/``), with its records;
+    ``results/gpu/README.md`` says what ran and what is left."""
+    root = RESULTS / "gpu"
+    out: list[str] = []
+    for name in _experiments():
+        for profile in ("smoke", "paper"):
+            f = root / name / profile
+            if not (f / "record.json").exists():
+                continue
+            if not out:
+                out = ["## On a GPU (`make gpu-check`)", "",
+                       "What the GPU lease measured; [`gpu/README.md`](gpu/README.md) says what ran, what passed and "
+                       "what is left.", ""]
+            out += [f"### {_title(name)} (`{name}`), {profile} profile", ""]
+            out += record_section(f"gpu/{name}", _kind(name), f) + [""]
+            for png in sorted((REPO / "plots" / "gpu" / name / profile).glob("*.png")):
+                out += [f"![{name} gpu]({os.path.relpath(png, RESULTS)})", ""]
+    return out
 
 
 def lm_sections() -> list[str]:

@@ -35,3 +35,17 @@ def test_every_committed_figure_claim_has_its_verdict_on_the_page():
 
 def test_the_readme_links_the_results_page():
     assert "](results/README.md)" in (ROOT / "README.md").read_text()
+
+
+def test_every_committed_gpu_result_is_on_the_page_from_its_record():
+    page = (ROOT / "results" / "README.md").read_text()
+    recs = sorted((ROOT / "results" / "gpu").glob("*/*/record.json"))
+    if not recs:  # a checkout with no GPU results yet: the page has no GPU section
+        assert "## On a GPU" not in page
+        return
+    gpu = page.split("## On a GPU (`make gpu-check`)", 1)[1].split("\n## ", 1)[0]
+    for path in recs:
+        name, profile = path.parent.parent.name, path.parent.name
+        assert f"(`{name}`), {profile} profile" in gpu, name
+        commit = str(json.loads(path.read_text()).get("git_commit", ""))[:12]
+        assert commit and f"commit {commit}" in gpu, name

@@ -207,6 +207,23 @@ def test_autoregressive_never_looks_at_future_ground_truth():
     assert np.allclose(base["pred_next"][:, 7], direct, atol=1e-5)
 
 
+def test_predictions_do_not_depend_on_the_evaluation_batch_size():
+    """The evaluation forwards its windows EVAL_BATCH at a time (faster on a CPU than one big call):
+    every window's prediction is the same at any batch size, for both kinds of prediction."""
+    n, T, dx, du, L, P = 5, 50, 6, 3, 20, 20
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.standard_normal((n, T, dx)).astype(np.float32))
+    u = torch.from_numpy(rng.standard_normal((n, T, du)).astype(np.float32))
+    model = models.build_model("robotics_stu", d_in=dx + du, d_out=dx, seq_len=L, width=16, depth=2).eval()
+    t0 = L - 1
+    ns = [evaluation.next_step_predictions(model, x, u, t0, P, L, batch_size=b) for b in (1, 3, 1000)]
+    ar = [evaluation.autoregressive_predictions(model, x[:, : t0 + 1], u, P, L, batch_size=b) for b in (1, 2, 1000)]
+    for got in (ns, ar):
+        assert got[0].shape == (n, P, dx)
+        for other in got[1:]:
+            torch.testing.assert_close(other, got[0], rtol=1e-5, atol=1e-6)
+
+
 def test_short_windows_when_context_exceeds_history():
     n, T, dx, du, L, P = 2, 30, 4, 2, 32, 25
     rng = np.random.default_rng(2)

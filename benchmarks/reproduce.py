@@ -55,7 +55,7 @@ def numeric_overrides(overrides: list[str]) -> list[str]:
     """The overrides that change what a declared result holds: its numbers or its sweep (not the
     experiment, profile, launcher, paths, threads, progress, ...)."""
     harmless = {"experiment", "profile", "paths", "progress", "threads", "device", "force", "checkpoint_every",
-                "save_model", "logger", "evaluate"}
+                "save_model", "logger", "evaluate", "report_only"}
     run_over, _ = _split(overrides)
     return [o for o in run_over if o.split("=", 1)[0].lstrip("+~").split(".")[0].split("/")[0] not in harmless]
 
@@ -129,6 +129,26 @@ def evaluate(cfg, jobs: list[dict[str, Any]]) -> None:
         if threads:
             torch.set_num_threads(threads)
         evaluation.evaluate_baseline(records[0], n_pred, max_traj, root)
+
+
+def baseline_if_data(cfg, jobs: list[dict[str, Any]]) -> None:
+    """The no-change reference row of a robotics table (seconds of work) for ``report_only``, where its
+    data are here; without them the table is reported without that row."""
+    from benchmarks import evaluation
+    from benchmarks.runs import sweep_records
+
+    ev = OmegaConf.to_container(cfg.profile.robotics_eval, resolve=True)
+    n_pred, max_traj = int(ev["predictions"]), ev.get("max_trajectories")
+    root = pathlib.Path(cfg.paths.runs) / str(cfg.profile.name) / str(cfg.experiment_name)
+    records = [r for r in sweep_records(jobs) if r.get("status") == "ok"]
+    if not records:
+        return
+    try:
+        evaluation.evaluate_baseline(records[0], n_pred, max_traj, root)
+    except (Exception, SystemExit) as e:  # noqa: BLE001  (no data here: said why)
+        have = evaluation.baseline_path(root, n_pred, max_traj).exists()
+        print(f"[reproduce] the no-change reference could not be evaluated here ({type(e).__name__}: {e}); "
+              f"{'the saved one is used' if have else 'its row is left out'}", file=sys.stderr)
 
 
 def run_sweep(overrides: list[str], jobs: list[dict[str, Any]] | None = None) -> int:
@@ -220,20 +240,34 @@ def main(argv: list[str] | None = None) -> int:
     distinct = {j["fingerprint"] for j in jobs}
     print(f"[reproduce] {name} at profile {profile}: {len(jobs)} job(s), {len(distinct)} distinct run(s), "
           f"all checked", file=sys.stderr, flush=True)
-    prepare_data(jobs)
     from benchmarks.restore import restore
 
-    restore(jobs, pathlib.Path(str(cfg.paths.results)) / name / profile, force=bool(cfg.get("force")))
-    code = run_sweep(argv, jobs)
-    if code:
-        print(f"error: the sweep exited with {code}; finished runs are kept, rerun the same command to resume",
-              file=sys.stderr)
-        return code
+    report_only = bool(cfg.get("report_only"))
+    if report_only:
+        # nothing is trained, evaluated or made: the committed runs are written back (as a fresh clone
+        # would resume them) and the report covers every run of the sweep that has its record
+        restore(jobs, pathlib.Path(str(cfg.paths.results)) / name / profile, force=False)
+        done = sum((pathlib.Path(j["dir"]) / "record.json").exists() for j in {j["fingerprint"]: j for j in jobs}.values())
+        print(f"[reproduce] report_only=true: reporting the {done} of {len(distinct)} run(s) finished so far; "
+              f"nothing trained or evaluated", file=sys.stderr, flush=True)
+        if not done:
+            print(f"error: no run of this sweep has finished under {cfg.paths.runs}; nothing to report", file=sys.stderr)
+            return 2
+    else:
+        prepare_data(jobs)
+        restore(jobs, pathlib.Path(str(cfg.paths.results)) / name / profile, force=bool(cfg.get("force")))
+        code = run_sweep(argv, jobs)
+        if code:
+            print(f"error: the sweep exited with {code}; finished runs are kept, rerun the same command to resume",
+                  file=sys.stderr)
+            return code
     rep = OmegaConf.to_container(cfg.report, resolve=True) or {}
     paths = cfg.paths
     kind = rep.get("kind", "curves")
-    if kind == "robotics" and cfg.get("evaluate", True):
+    if kind == "robotics" and cfg.get("evaluate", True) and not report_only:
         evaluate(cfg, jobs)
+    elif kind == "robotics" and report_only:
+        baseline_if_data(cfg, jobs)
     if kind in ("robotics", "ablation"):
         from benchmarks import robotics
 

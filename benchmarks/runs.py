@@ -39,7 +39,7 @@ FINGERPRINT_CHARS = 10
 # Command-line keys that never change a run's numbers (kept out of labels and of the spec).
 NOT_NUMERIC = {"model", "task", "seed", "profile", "experiment", "paths", "progress", "force", "device",
                "threads", "checkpoint_every", "save_model", "logger", "hydra", "launcher",
-               "trials", "trial_batch", "batch_trials", "evaluate"}
+               "trials", "trial_batch", "batch_trials", "evaluate", "report_only"}
 # Task fields that say where data live or how chatty they are, not what they are.
 TASK_NOT_NUMERIC = {"progress", "data_dir"}
 # Fields added after results were committed, at the value that computes what the runs computed before

@@ -237,13 +237,13 @@ def test_short_windows_when_context_exceeds_history():
 
 
 # ------------------------------------------------------------------------ tiny make reproduce-table2
-def _make_table2(tmp_path, data_dir, extra=()):
+def _make_table2(tmp_path, data_dir, extra=(), args=""):
     env = dict(os.environ, FSB_RUNS=str(tmp_path / "runs"), FSB_DATA=str(data_dir), FSB_OFFLINE="1",
                FSB_RESULTS=str(tmp_path / "results"), FSB_PLOTS=str(tmp_path / "plots"), PYTHONPATH=str(ROOT))
     sizes = " ".join(f"profile.data.mujoco.{k}={v}" for k, v in TINY.items())
     cmd = ["make", "-C", str(ROOT), "reproduce-table2", "PROFILE=smoke", "STAMP=", f"PY={sys.executable}",
            f"ARGS=profile.mujoco_context=16 steps=3 batch_size=4 eval_every=2 task.val_fraction=0.34 "
-           f"profile.robotics_eval.predictions=20 {sizes}", *extra]
+           f"profile.robotics_eval.predictions=20 {sizes} {args}", *extra]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, f"make failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
     return p
@@ -280,6 +280,16 @@ def test_make_reproduce_table2_on_tiny_data(tmp_path, tiny_task):
     # a second call trains nothing and gives the same table
     p = _make_table2(tmp_path, data_dir)
     assert p.stderr.count("[skip]") == 4 and (out / "table.md").read_text().split("Runs:")[0] == md.split("Runs:")[0]
+    # report_only=true: the runs finished so far are reported, nothing is trained (a sweep cut off)
+    gone = runs[0].parent
+    shutil.rmtree(gone)
+    shutil.rmtree(tmp_path / "results")  # else the committed-results restore would write the run back
+    p = _make_table2(tmp_path, data_dir, args="report_only=true")
+    assert "reporting the 3 of 4 run(s) finished so far" in p.stderr and not gone.exists()
+    assert "[skip]" not in p.stderr and "Launching" not in p.stderr
+    md3 = (out / "table.md").read_text()
+    rows3 = [line for line in md3.splitlines() if re.match(r"\| (STU|STU-T|Transformer|Mamba-2) +\|", line)]
+    assert len(rows3) == 4 and sum("no run" in r for r in rows3) == 1, md3
 
 
 def test_data_making_does_not_move_the_training_rng(tiny_task, tmp_path):

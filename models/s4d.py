@@ -54,6 +54,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.spectral import fft_in_float32
+
 
 class S4D(nn.Module):
     """Diagonal S4 sequence mixer, (B, L, width) -> (B, L, width), causal."""
@@ -135,6 +137,7 @@ class S4D(nn.Module):
         vander = torch.exp(dtA.unsqueeze(-1) * ell)                   # dA^l, (H, N/2, L)
         return 2.0 * torch.einsum("hn,hnl->hl", CdB, vander).real
 
+    @fft_in_float32
     def ssm_conv(self, u: torch.Tensor) -> torch.Tensor:
         """Causal convolution of u (B, L, H) with kernel(L), via FFT of length >= 2L."""
         L = u.shape[1]

@@ -77,6 +77,28 @@ def alternate_sign(seq_len: int, dtype=torch.float64, device=None) -> torch.Tens
 # Causal convolution through the FFT.
 # ---------------------------------------------------------------------------------------------
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def fft_in_float32(fn):
+    """Run an FFT convolution (or a mixer's forward) whose first argument is the input in float32 when
+    that input is half precision or autocast is on, and return the input's dtype. cuFFT has no
+    bfloat16 (and half-precision FFTs need power-of-two sizes and lose accuracy), and under autocast
+    the per-frequency products would be cast back to half, which ``torch.complex`` refuses. A float32
+    input outside autocast takes the plain path, unchanged."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        u = args[0] if torch.is_tensor(args[0]) else args[1]  # a function's input, or a method's after self
+        dev = u.device.type
+        if u.dtype not in _HALF and not torch.is_autocast_enabled(dev):
+            return fn(*args, **kwargs)
+        up = lambda a: a.float() if torch.is_tensor(a) and a.dtype in _HALF else a  # noqa: E731
+        with torch.autocast(device_type=dev, enabled=False):
+            out = fn(*map(up, args), **{k: up(v) for k, v in kwargs.items()})
+        return out.to(u.dtype)
+    return wrapper
+
+
 def fft_size(seq_len: int) -> int:
     """FFT length for a causal convolution of two length-L signals: a power of two >= 2L - 1.
 
@@ -96,6 +118,7 @@ def _flashfftconv_available(x: torch.Tensor) -> bool:
     return True
 
 
+@fft_in_float32
 def causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Depthwise causal convolution ``y[b, t, c] = sum_{s<=t} k[s, c] u[b, t-s, c]``.
 
@@ -108,6 +131,7 @@ def causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft(uf * kf, n=n, dim=1)[:, :L].to(u.dtype)
 
 
+@fft_in_float32
 def causal_conv_filters(u: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     """Every channel of u against every filter: (B, L, D) x (L, K) -> (B, L, K, D)."""
     L = u.shape[1]
@@ -118,6 +142,7 @@ def causal_conv_filters(u: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     return y[:, :L].to(u.dtype)
 
 
+@fft_in_float32
 def causal_conv_mimo(u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Multi-input multi-output causal convolution ``y_t = sum_s h[s]^T u_{t-s}``.
 
@@ -131,6 +156,7 @@ def causal_conv_mimo(u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft(yf, n=n, dim=1)[:, :L].to(u.dtype)
 
 
+@fft_in_float32
 def causal_conv_mimo_freq(u: torch.Tensor, hf_re: torch.Tensor, hf_im: torch.Tensor) -> torch.Tensor:
     """:func:`causal_conv_mimo` with the kernel given by its transform, in real arithmetic.
 

@@ -30,6 +30,7 @@ from models.spectral import (
     causal_conv_flashfft,
     causal_conv_mimo,
     causal_conv_mimo_freq,
+    fft_in_float32,
     fft_size,
     spectral_filters,
 )
@@ -162,6 +163,7 @@ class STU(nn.Module):
         hf = (P.reshape(two * F_, Kp) @ M.to(dtype).reshape(Kp, -1)).view(two, F_, self.width, self.width)
         return hf[0], hf[1]
 
+    @fft_in_float32  # the kernel's transform and the convolution in float32 (half inputs, autocast)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_len(x, self.seq_len, self.width, "STU")
         B, L, _ = x.shape

@@ -72,3 +72,39 @@ def test_stu_kernel_freq_float32_close_to_plain():
 def test_stu_unknown_kernel_impl():
     with pytest.raises(ValueError):
         STU(4, 8, kernel_impl="triton")
+
+
+@pytest.mark.parametrize("model, overrides", [
+    ("robotics_stu", {"mixer_options": {"stu": {"form": "kernel", "kernel_impl": "freq"}}}),
+    ("robotics_stu", {"mixer_options": {"stu": {"form": "kernel", "kernel_impl": "time"}}}),
+    ("robotics_stu", {"mixer_options": {"stu": {"form": "filters"}}}),
+    ("robotics_stu_t", {}),
+    ("s4d", {}),
+])
+def test_fft_mixers_train_under_bfloat16_autocast(model, overrides):
+    """Under bfloat16 autocast (the paper's GPU training) the FFT convolutions run in float32 (cuFFT has
+    no bfloat16; the frequency-domain kernel path once failed in torch.complex): forward and backward
+    run, the output is bfloat16 within bfloat16 rounding of float32, and the float32 path is untouched."""
+    import models
+
+    torch.manual_seed(0)
+    m = models.build_model(model, d_in=7, d_out=5, seq_len=32, **overrides)
+    x = torch.randn(16, 32, 7)
+    y32 = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
+    assert (y.float() - y32).abs().max() <= 0.02 * y32.abs().max()
+    assert torch.equal(m(x), y32)  # float32 outside autocast: same function, bit for bit
+
+
+def test_half_inputs_convolve_in_float32():
+    from models.spectral import causal_conv
+
+    u, k = torch.randn(2, 16, 3), torch.randn(16, 3)
+    y = causal_conv(u.bfloat16(), k.bfloat16())
+    assert y.dtype == torch.bfloat16
+    ref = causal_conv(u.bfloat16().float(), k.bfloat16().float())
+    assert torch.equal(y, ref.bfloat16())

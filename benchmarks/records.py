@@ -54,10 +54,6 @@ def atomic_write_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
 
 
 def git_commit() -> str:
-    """HEAD's sha, "-dirty" when the code differs from it. Where the tree travelled without its git
-    folder (a copy on a GPU machine), FSB_GIT_COMMIT names the commit it was copied from."""
-    if not (REPO / ".git").exists() and os.environ.get("FSB_GIT_COMMIT"):
-        return os.environ["FSB_GIT_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              timeout=10).stdout.strip()

@@ -98,9 +98,11 @@ def prepare_data(jobs: list[dict[str, Any]]) -> None:
                      overrides=sizes, progress=bool(t.get("progress", True)))
 
 
-def evaluate(cfg, jobs: list[dict[str, Any]]) -> None:
+def evaluate(cfg, jobs: list[dict[str, Any]], runs: bool = True) -> None:
     """Next-step / autoregressive predictions of every finished run of the sweep, saved beside it,
-    and the no-change reference once per experiment (``benchmarks.evaluation``)."""
+    and the no-change reference once per experiment (``benchmarks.evaluation``). ``runs=False``
+    (``report_only``): only the reference (seconds of work), and where its data are missing the
+    table goes without it."""
     import os
 
     import torch
@@ -116,6 +118,15 @@ def evaluate(cfg, jobs: list[dict[str, Any]]) -> None:
     dev = resolve_device(cfg.device)
     threads = int(cfg.threads) if cfg.threads else (1 if dev.type == "cpu" else None)
     n_jobs = 1 if dev.type != "cpu" else max(1, min(2, os.cpu_count() or 1))
+    if not runs:
+        try:
+            if records:
+                evaluation.evaluate_baseline(records[0], n_pred, max_traj, root)
+        except (Exception, SystemExit) as e:  # noqa: BLE001  (no data here: said why)
+            have = evaluation.baseline_path(root, n_pred, max_traj).exists()
+            print(f"[reproduce] the no-change reference could not be evaluated here ({type(e).__name__}: {e}); "
+                  f"{'the saved one is used' if have else 'its row is left out'}", file=sys.stderr)
+        return
     files = [evaluation.predictions_path(r, n_pred, max_traj) for r in records]
     stop = threading.Event()
     bar = threading.Thread(target=count_bar, args=(files, stop, "[eval] runs evaluated", "run"), daemon=True)
@@ -129,26 +140,6 @@ def evaluate(cfg, jobs: list[dict[str, Any]]) -> None:
         if threads:
             torch.set_num_threads(threads)
         evaluation.evaluate_baseline(records[0], n_pred, max_traj, root)
-
-
-def baseline_if_data(cfg, jobs: list[dict[str, Any]]) -> None:
-    """The no-change reference row of a robotics table (seconds of work) for ``report_only``, where its
-    data are here; without them the table is reported without that row."""
-    from benchmarks import evaluation
-    from benchmarks.runs import sweep_records
-
-    ev = OmegaConf.to_container(cfg.profile.robotics_eval, resolve=True)
-    n_pred, max_traj = int(ev["predictions"]), ev.get("max_trajectories")
-    root = pathlib.Path(cfg.paths.runs) / str(cfg.profile.name) / str(cfg.experiment_name)
-    records = [r for r in sweep_records(jobs) if r.get("status") == "ok"]
-    if not records:
-        return
-    try:
-        evaluation.evaluate_baseline(records[0], n_pred, max_traj, root)
-    except (Exception, SystemExit) as e:  # noqa: BLE001  (no data here: said why)
-        have = evaluation.baseline_path(root, n_pred, max_traj).exists()
-        print(f"[reproduce] the no-change reference could not be evaluated here ({type(e).__name__}: {e}); "
-              f"{'the saved one is used' if have else 'its row is left out'}", file=sys.stderr)
 
 
 def run_sweep(overrides: list[str], jobs: list[dict[str, Any]] | None = None) -> int:
@@ -264,10 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     rep = OmegaConf.to_container(cfg.report, resolve=True) or {}
     paths = cfg.paths
     kind = rep.get("kind", "curves")
-    if kind == "robotics" and cfg.get("evaluate", True) and not report_only:
-        evaluate(cfg, jobs)
-    elif kind == "robotics" and report_only:
-        baseline_if_data(cfg, jobs)
+    if kind == "robotics" and (cfg.get("evaluate", True) or report_only):
+        evaluate(cfg, jobs, runs=not report_only)
     if kind in ("robotics", "ablation"):
         from benchmarks import robotics
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import sys
 from typing import Any
@@ -212,8 +211,8 @@ def gpu_sections() -> list[str]:
                        "what is left.", ""]
             out += [f"### {_title(name)} (`{name}`), {profile} profile", ""]
             out += record_section(f"gpu/{name}", _kind(name), f) + [""]
-            for png in sorted((REPO / "plots" / "gpu" / name / profile).glob("*.png")):
-                out += [f"![{name} gpu]({os.path.relpath(png, RESULTS)})", ""]
+            for png in _plots(f"gpu/{name}", profile):
+                out += [f"![{name} gpu]({png})", ""]
     return out
 
 
